@@ -1,0 +1,382 @@
+"""Envelopes and replies: pynetdicom ``Event`` -> JSON envelope, JSON reply -> DIMSE answer.
+
+Pure: no I/O, no clock (callers pass times in). Runs in pynetdicom's handler threads on
+the way out and in the consumer SDK on the way in. Datasets use the DICOM JSON Model
+(:mod:`bridge.dicomjson`); the documents are described by ``schemas/envelope.schema.json``
+and ``schemas/reply.schema.json``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag, Tag
+
+from bridge import dicomjson
+from bridge.errors import CodecError, ReplyError
+from bridge.model import ENVELOPE_VERSION, Category, Service, ServiceSpec
+from bridge.transport import HeaderValue
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+JSONDict = dict[str, Any]
+
+# (primitive attribute, envelope key) of every command field a request may carry.
+COMMAND_FIELDS: tuple[tuple[str, str], ...] = (
+    ("MessageID", "message_id"),
+    ("Priority", "priority"),
+    ("AffectedSOPClassUID", "affected_sop_class_uid"),
+    ("AffectedSOPInstanceUID", "affected_sop_instance_uid"),
+    ("RequestedSOPClassUID", "requested_sop_class_uid"),
+    ("RequestedSOPInstanceUID", "requested_sop_instance_uid"),
+    ("EventTypeID", "event_type_id"),
+    ("ActionTypeID", "action_type_id"),
+    ("AttributeIdentifierList", "attribute_identifier_list"),
+    ("MoveOriginatorApplicationEntityTitle", "move_originator_ae_title"),
+    ("MoveOriginatorMessageID", "move_originator_message_id"),
+    ("MoveDestination", "move_destination"),
+)
+
+# Reply fields that become elements of the DIMSE response: envelope key -> keyword.
+REPLY_ELEMENTS: dict[str, str] = {
+    "error_comment": "ErrorComment",
+    "error_id": "ErrorID",
+    "offending_element": "OffendingElement",
+    "attribute_identifier_list": "AttributeIdentifierList",
+    "affected_sop_instance_uid": "AffectedSOPInstanceUID",
+}
+KEYWORD_TO_REPLY_KEY = {keyword: key for key, keyword in REPLY_ELEMENTS.items()}
+
+_TAG_TEXT = re.compile(r"^[0-9A-Fa-f]{8}$")
+_UID_TEXT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+@dataclass(frozen=True)
+class AssociationInfo:
+    """What the envelope says about the association a request came on."""
+
+    id: str
+    calling_ae: str
+    called_ae: str
+    peer_address: str
+    peer_port: int
+    implementation_class_uid: str | None = None
+    implementation_version_name: str | None = None
+
+    def as_json(self) -> JSONDict:
+        return {
+            "id": self.id,
+            "calling_ae": self.calling_ae,
+            "called_ae": self.called_ae,
+            "peer": {"address": self.peer_address, "port": self.peer_port},
+            "implementation_class_uid": self.implementation_class_uid,
+            "implementation_version_name": self.implementation_version_name,
+        }
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A consumer's reply, validated for its service."""
+
+    status: int
+    category: Category
+    dataset: JSONDict | None = None
+    elements: Mapping[str, Any] = field(default_factory=dict)
+    """Status elements and response fields by DICOM keyword, as pynetdicom wants them."""
+
+
+# -- envelope ------------------------------------------------------------------------------
+
+
+def iso_time(moment: datetime) -> str:
+    """RFC 3339 UTC with microseconds: ``2026-11-28T04:36:40.123456Z``.
+
+    A naive ``moment`` (pynetdicom's ``Event.timestamp``) is taken as local time.
+    """
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def tag_text(tag: int) -> str:
+    return f"{tag:08X}"
+
+
+def _command_value(keyword: str, value: Any) -> Any:
+    if keyword == "AttributeIdentifierList":
+        tags = value if isinstance(value, list) else [value]
+        return [tag_text(int(Tag(t))) for t in tags]
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip()
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, BaseTag):
+        return tag_text(int(value))
+    return value
+
+
+def command_fields(request: Any) -> JSONDict:
+    """The command fields a DIMSE request primitive carries, by envelope key."""
+    fields: JSONDict = {}
+    for keyword, key in COMMAND_FIELDS:
+        value = getattr(request, keyword, None)
+        if value is None or value == []:
+            continue
+        fields[key] = _command_value(keyword, value)
+    return fields
+
+
+def sop_class_of(fields: Mapping[str, Any], abstract_syntax: str) -> str:
+    """The SOP Class a request addresses: Affected or Requested SOP Class UID."""
+    uid = fields.get("affected_sop_class_uid") or fields.get("requested_sop_class_uid")
+    return str(uid or abstract_syntax)
+
+
+def _request_dataset(
+    event: Event, name: str, bulk_data: dicomjson.BulkDataSink | None
+) -> JSONDict | None:
+    if name == "file_meta":
+        ds: Dataset = event.file_meta
+    else:
+        # An absent optional dataset (N-EVENT-REPORT without Event Information...) is null,
+        # an empty one is {}.
+        attribute = {
+            "dataset": "DataSet",
+            "identifier": "Identifier",
+            "event_information": "EventInformation",
+            "action_information": "ActionInformation",
+            "attribute_list": "AttributeList",
+            "modification_list": "ModificationList",
+        }[name]
+        stream = getattr(event.request, attribute, None)
+        if stream is None or not stream.getbuffer().nbytes:
+            return None
+        try:
+            ds = getattr(event, name)
+        except Exception as exc:
+            raise CodecError(f"{name} cannot be decoded ({type(exc).__name__})") from exc
+    try:
+        return dicomjson.dataset_to_json(ds, bulk_data=bulk_data)
+    except CodecError as exc:
+        raise CodecError(f"{name}: {exc.message}") from exc
+    except Exception as exc:
+        # pydicom parses lazily, so a broken element surfaces only here.
+        raise CodecError(f"{name} cannot be decoded ({type(exc).__name__})") from exc
+
+
+def build_envelope(
+    event: Event,
+    service: Service,
+    *,
+    request_id: str,
+    association: AssociationInfo,
+    deadline: datetime,
+    bulk_data: dicomjson.BulkDataSink | None = None,
+) -> JSONDict:
+    """The envelope for one request, as a JSON-ready dict.
+
+    Raises :class:`~bridge.errors.CodecError` when a dataset of the request cannot be
+    decoded or converted.
+    """
+    context = event.context
+    fields = command_fields(event.request)
+    envelope: JSONDict = {
+        "version": ENVELOPE_VERSION,
+        "id": request_id,
+        "service": service.value,
+        "event": service.event_name,
+        "timestamp": iso_time(event.timestamp),
+        "deadline": iso_time(deadline),
+        "association": association.as_json(),
+        "context": {
+            "id": context.context_id,
+            "abstract_syntax": str(context.abstract_syntax),
+            "transfer_syntax": str(context.transfer_syntax),
+        },
+        "sop_class_uid": sop_class_of(fields, str(context.abstract_syntax)),
+        "request": fields,
+    }
+    for name in service.spec.request_datasets:
+        envelope[name] = _request_dataset(event, name, bulk_data)
+    return envelope
+
+
+def dumps(document: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(document)
+
+
+def headers(envelope: Mapping[str, Any], deadline: datetime) -> dict[str, HeaderValue]:
+    """AMQP headers: routing and filtering facts plus CloudEvents attributes."""
+    association = envelope["association"]
+    return {
+        "service": envelope["service"],
+        "sop-class": envelope["sop_class_uid"],
+        "calling-ae": association["calling_ae"],
+        "called-ae": association["called_ae"],
+        "deadline-ms": int(deadline.timestamp() * 1000),
+        "ce-specversion": "1.0",
+        "ce-id": envelope["id"],
+        "ce-source": f"dicom://{association['called_ae']}",
+        "ce-type": f"org.dicom-bridge.{envelope['service']}.request",
+        "ce-time": envelope["timestamp"],
+    }
+
+
+def parse_envelope(body: bytes) -> JSONDict:
+    """Decode an envelope (consumer side). Raises CodecError for anything unusable."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise CodecError("envelope is not JSON") from exc
+    if not isinstance(document, dict):
+        raise CodecError("envelope is not a JSON object")
+    if document.get("version") != ENVELOPE_VERSION:
+        raise CodecError(f"unsupported envelope version {document.get('version')!r}")
+    try:
+        Service(str(document.get("service")))
+    except ValueError:
+        raise CodecError("envelope names no known service") from None
+    return document
+
+
+# -- reply ---------------------------------------------------------------------------------
+
+
+def _tag_list(value: Any, key: str) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and _TAG_TEXT.match(v) for v in value
+    ):
+        raise ReplyError(f"{key} must be a list of 8-hex-digit tags")
+    return [int(v, 16) for v in value]
+
+
+def _element(key: str, value: Any) -> Any:
+    if key == "error_comment":
+        if not isinstance(value, str) or len(value) > 64 or "\\" in value:
+            raise ReplyError("error_comment must be a string of <= 64 chars, no '\\'")
+        return value
+    if key == "error_id":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+            raise ReplyError("error_id must be an integer 0..65535")
+        return value
+    if key in ("offending_element", "attribute_identifier_list"):
+        return _tag_list(value, key)
+    if key == "affected_sop_instance_uid":
+        if not isinstance(value, str) or len(value) > 64 or not _UID_TEXT.match(value):
+            raise ReplyError("affected_sop_instance_uid must be a UID")
+        return value
+    raise ReplyError(f"unknown reply field {key!r}")  # pragma: no cover - keys checked first
+
+
+def parse_reply(body: bytes, spec: ServiceSpec) -> Reply:
+    """Decode and validate a consumer's reply for ``spec``'s service.
+
+    Raises :class:`~bridge.errors.ReplyError` with a message fit for the peer's Error
+    Comment (no values from the reply) when the reply is not usable.
+    """
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ReplyError("consumer reply is not JSON") from None
+    if not isinstance(document, dict):
+        raise ReplyError("consumer reply is not a JSON object")
+    version = document.get("version", ENVELOPE_VERSION)
+    if version != ENVELOPE_VERSION:
+        raise ReplyError("consumer reply has an unsupported version")
+    status = document.get("status")
+    if isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 0xFFFF:
+        raise ReplyError("consumer reply has no integer status 0..65535")
+    category = spec.statuses.category(status)
+    if category is None:
+        raise ReplyError(f"status 0x{status:04X} not allowed for {spec.service.dimse_name}")
+
+    allowed = {KEYWORD_TO_REPLY_KEY[k] for k in (*spec.status_elements, *spec.reply_fields)}
+    elements: dict[str, Any] = {}
+    dataset: JSONDict | None = None
+    for key, value in document.items():
+        if key in ("status", "version") or key.startswith("x-"):
+            continue
+        if key == "dataset":
+            if value is None:
+                continue
+            if spec.reply_dataset is None:
+                raise ReplyError(f"{spec.service.dimse_name} reply takes no dataset")
+            if not isinstance(value, dict):
+                raise ReplyError("reply dataset is not a JSON object")
+            dataset = value
+        elif key in allowed:
+            elements[REPLY_ELEMENTS[key]] = _element(key, value)
+        elif key in REPLY_ELEMENTS:
+            raise ReplyError(f"{key} not allowed for {spec.service.dimse_name}")
+        else:
+            raise ReplyError(f"unknown reply field {key[:32]!r}")
+    return Reply(status=status, category=category, dataset=dataset, elements=elements)
+
+
+def status_dataset(status: int, elements: Mapping[str, Any] | None = None) -> Dataset:
+    """A Status dataset as pynetdicom's handlers return it: Status plus status elements.
+
+    pynetdicom copies every element of it into the response primitive.
+    """
+    ds = Dataset()
+    ds.Status = status
+    for keyword, value in (elements or {}).items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def reply_to_dimse(
+    reply: Reply, spec: ServiceSpec, *, request_instance_uid: str | None = None
+) -> tuple[Dataset, Dataset | None]:
+    """The (status, dataset) pair a pynetdicom handler returns for ``reply``.
+
+    The dataset is kept only for Success and Warning (PS3.7: the response carries it only
+    then). When an N-CREATE request has no Affected SOP Instance UID, the consumer's
+    ``affected_sop_instance_uid`` is required for Success and also travels as (0000,1000) in
+    the Attribute List, where pynetdicom looks for it (PS3.7 10.1.5.1.4); when the request
+    has one, the reply may only repeat it.
+    Raises :class:`~bridge.errors.ReplyError` when the reply dataset does not decode.
+    """
+    instance_uid = reply.elements.get("AffectedSOPInstanceUID")
+    if instance_uid is not None and request_instance_uid not in (None, instance_uid):
+        raise ReplyError("affected_sop_instance_uid differs from the request's")
+    status = status_dataset(reply.status, reply.elements)
+    if reply.category not in (Category.SUCCESS, Category.WARNING):
+        return status, None
+    dataset: Dataset | None = None
+    if reply.dataset is not None:
+        try:
+            dataset = dicomjson.json_to_dataset(reply.dataset)
+        except CodecError as exc:
+            raise ReplyError(f"reply dataset: {exc.message}") from exc
+    if (
+        spec.service is Service.N_CREATE
+        and request_instance_uid is None
+        and reply.category is Category.SUCCESS
+    ):
+        if instance_uid is None:
+            raise ReplyError("N-CREATE reply needs affected_sop_instance_uid")
+        dataset = dataset if dataset is not None else Dataset()
+        dataset.AffectedSOPInstanceUID = instance_uid
+    return status, dataset
+
+
+def build_reply(
+    status: int,
+    *,
+    dataset: JSONDict | None = None,
+    elements: Mapping[str, Any] | None = None,
+) -> bytes:
+    """Encode a reply (consumer side). ``elements`` uses the reply's own keys."""
+    document: JSONDict = {"version": ENVELOPE_VERSION, "status": status}
+    if dataset is not None:
+        document["dataset"] = dataset
+    for key, value in (elements or {}).items():
+        if value is not None:
+            document[key] = value
+    return orjson.dumps(document)

@@ -1,0 +1,277 @@
+"""The DICOM side: a pynetdicom SCP whose handlers ask the broker for every answer.
+
+Handlers run in pynetdicom's association threads. Each one encodes the request in that
+thread (the codec is pure), hops into the event loop once through :class:`~bridge.seam.Seam`
+to publish and await the reply, decodes the reply in that thread again, and returns what
+pynetdicom expects. Every failure on the way becomes the service's failure status with an
+Error Comment; a handler never raises, so pynetdicom never aborts an association on our
+account and the association stays usable after a failed request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from bridge import codec, sopclasses
+from bridge.codec import AssociationInfo
+from bridge.errors import BridgeError, Failure
+from bridge.model import Service, routing_key
+from bridge.seam import Seam
+from bridge.transport import Outbound, Transport, request_reply
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+    from pynetdicom.events import Event
+
+    from bridge.config import BridgeSettings
+
+log = logging.getLogger(__name__)
+
+UNCOMPRESSED = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+]
+
+HandlerResult = Dataset | tuple[Dataset, Dataset | None]
+
+_EVENTS: dict[Service, evt.InterventionEvent] = {
+    Service.C_ECHO: evt.EVT_C_ECHO,
+    Service.C_STORE: evt.EVT_C_STORE,
+    Service.N_EVENT_REPORT: evt.EVT_N_EVENT_REPORT,
+    Service.N_GET: evt.EVT_N_GET,
+    Service.N_SET: evt.EVT_N_SET,
+    Service.N_ACTION: evt.EVT_N_ACTION,
+    Service.N_CREATE: evt.EVT_N_CREATE,
+    Service.N_DELETE: evt.EVT_N_DELETE,
+}
+
+
+class BridgeSCP:
+    """The association acceptor. ``start`` listens; ``stop`` closes every association."""
+
+    def __init__(self, settings: BridgeSettings, transport: Transport, seam: Seam) -> None:
+        self._settings = settings
+        self._transport = transport
+        self._seam = seam
+        self._associations: weakref.WeakKeyDictionary[Association, AssociationInfo] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self._server: ThreadedAssociationServer | None = None
+        self._ae = self._build_ae()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _build_ae(self) -> AE:
+        s = self._settings
+        ae = AE(ae_title=s.ae_title)
+        ae.maximum_associations = s.max_associations
+        ae.maximum_pdu_size = s.max_pdu
+        ae.acse_timeout = s.acse_timeout
+        ae.dimse_timeout = s.dimse_timeout
+        ae.network_timeout = s.network_timeout
+        ae.require_called_aet = s.require_called_ae
+        for uid in s.sop_class_uids:
+            syntaxes = AllTransferSyntaxes if sopclasses.is_storage(uid) else UNCOMPRESSED
+            # Accept whichever role the peer proposes: a Storage Commitment SCP that
+            # reports results asks to be the SCP of the class on its own association.
+            ae.add_supported_context(uid, syntaxes, scu_role=True, scp_role=True)
+        return ae
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with ``--port 0``)."""
+        if self._server is None:
+            raise RuntimeError("SCP not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def active_associations(self) -> int:
+        return len(self._ae.active_associations)
+
+    def start(self) -> None:
+        """Listen. Raises OSError when the address cannot be bound."""
+        handlers: list[evt.EventHandlerType] = [
+            (event, self._handler(service)) for service, event in _EVENTS.items()
+        ]
+        handlers += [
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        server = self._ae.start_server(
+            (self._settings.host, self._settings.port), block=False, evt_handlers=handlers
+        )
+        assert server is not None  # block=False always returns the server
+        self._server = server
+
+    def stop(self) -> None:
+        """Stop listening and close the associations. Blocks: call it off the loop."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # -- association bookkeeping ----------------------------------------------------------
+
+    def _info(self, assoc: Association) -> AssociationInfo:
+        with self._lock:
+            info = self._associations.get(assoc)
+            if info is None:
+                requestor = assoc.requestor
+                info = AssociationInfo(
+                    id=str(uuid.uuid4()),
+                    calling_ae=str(requestor.ae_title).strip(),
+                    called_ae=str(assoc.acceptor.ae_title).strip(),
+                    peer_address=str(requestor.address),
+                    peer_port=int(requestor.port),
+                    implementation_class_uid=_opt(requestor.implementation_class_uid),
+                    implementation_version_name=_opt(requestor.implementation_version_name),
+                )
+                self._associations[assoc] = info
+            return info
+
+    def _on_established(self, event: Event) -> None:
+        info = self._info(event.assoc)
+        log.info(
+            "association accepted from %s:%d",
+            info.peer_address,
+            info.peer_port,
+            extra={"association_id": info.id, "calling_ae": info.calling_ae},
+        )
+
+    def _on_closed(self, event: Event) -> None:
+        with self._lock:
+            info = self._associations.pop(event.assoc, None)
+        if info is not None:
+            log.info(
+                "association %s",
+                "released" if event.event is evt.EVT_RELEASED else "aborted",
+                extra={"association_id": info.id, "calling_ae": info.calling_ae},
+            )
+
+    def _on_rejected(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        log.warning(
+            "association rejected from %s:%s (calling AE %r)",
+            requestor.address,
+            requestor.port,
+            str(requestor.ae_title).strip(),
+        )
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _handler(self, service: Service) -> Callable[[Event], HandlerResult]:
+        def handle(event: Event) -> HandlerResult:
+            return self.handle(event, service)
+
+        handle.__name__ = f"handle_{service.name.lower()}"
+        return handle
+
+    def handle(self, event: Event, service: Service) -> HandlerResult:
+        """Answer one request through the broker; never raises."""
+        spec = service.spec
+        started = time.perf_counter()
+        request_id = str(uuid.uuid4())
+        info: AssociationInfo | None = None
+        try:
+            info = self._info(event.assoc)
+            status, dataset = self._round_trip(event, service, request_id, info)
+        except BridgeError as exc:
+            status = codec.status_dataset(
+                spec.failure_status(exc.failure), {"ErrorComment": exc.comment}
+            )
+            dataset = None
+            log.warning(
+                "%s failed (%s): %s; answered 0x%04X",
+                service.dimse_name,
+                exc.failure.value,
+                exc.message,
+                status.Status,
+                extra=_extra(info, request_id),
+            )
+        except Exception:
+            status = codec.status_dataset(
+                spec.failure_status(Failure.INTERNAL), {"ErrorComment": "bridge internal error"}
+            )
+            dataset = None
+            log.exception(
+                "%s failed: internal error; answered 0x%04X",
+                service.dimse_name,
+                status.Status,
+                extra=_extra(info, request_id),
+            )
+        else:
+            log.debug(
+                "%s answered 0x%04X in %.1f ms",
+                service.dimse_name,
+                status.Status,
+                (time.perf_counter() - started) * 1000,
+                extra=_extra(info, request_id),
+            )
+        # pynetdicom wants a bare status where the response has no dataset (C-ECHO,
+        # C-STORE, N-DELETE) and a (status, dataset) pair otherwise.
+        if spec.reply_dataset is None:
+            return status
+        return status, dataset
+
+    def _round_trip(
+        self, event: Event, service: Service, request_id: str, info: AssociationInfo
+    ) -> tuple[Dataset, Dataset | None]:
+        settings = self._settings
+        now = datetime.now(UTC)
+        deadline = now + timedelta(seconds=settings.reply_timeout)
+        envelope = codec.build_envelope(
+            event, service, request_id=request_id, association=info, deadline=deadline
+        )
+        message = Outbound(
+            routing_key=routing_key(service, envelope["sop_class_uid"], info.calling_ae),
+            body=codec.dumps(envelope),
+            correlation_id=request_id,
+            type=service.value,
+            timestamp=now,
+            expiration=settings.reply_timeout,
+            headers=codec.headers(envelope, deadline),
+        )
+        body = self._seam.run(
+            request_reply(self._transport, message, settings.reply_timeout),
+            timeout=settings.publish_timeout + settings.reply_timeout + 1.0,
+        )
+        reply = codec.parse_reply(body, service.spec)
+        return codec.reply_to_dimse(
+            reply,
+            service.spec,
+            request_instance_uid=envelope["request"].get("affected_sop_instance_uid"),
+        )
+
+
+def _opt(value: Any) -> str | None:
+    return str(value).strip() if value else None
+
+
+def _extra(info: AssociationInfo | None, request_id: str) -> dict[str, str]:
+    extra = {"correlation_id": request_id}
+    if info is not None:
+        extra["association_id"] = info.id
+        extra["calling_ae"] = info.calling_ae
+    return extra

@@ -1,0 +1,83 @@
+"""What the SCP needs from a message broker, independent of AMQP.
+
+A request is published once; its replies come back correlated by ``correlation_id``. One
+mechanism serves single-reply services (C-STORE, N-*) and streamed ones (C-FIND, C-GET,
+C-MOVE): a :class:`Call` yields reply bodies one by one until its owner closes it. A
+single-reply service reads the first one (:func:`request_reply`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+HeaderValue = str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """One request message, encoded already (the body is bytes of JSON)."""
+
+    routing_key: str
+    body: bytes
+    correlation_id: str
+    type: str
+    """The service, ``c-store``, ``n-action``... (AMQP ``type`` property)."""
+    timestamp: datetime
+    expiration: float | None = None
+    """Seconds the broker keeps the request before dropping it (the reply deadline)."""
+    headers: Mapping[str, HeaderValue] = field(default_factory=dict)
+
+
+class Call(Protocol):
+    """An outstanding request; replies arrive in the order consumers sent them."""
+
+    @property
+    def correlation_id(self) -> str: ...
+
+    async def next_reply(self, timeout: float) -> bytes:
+        """The body of the next reply.
+
+        Raises :class:`bridge.errors.ReplyTimeout` when none arrives within ``timeout``
+        seconds, :class:`bridge.errors.BrokerUnavailable` when the connection is lost.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Forget the call: replies that arrive later are dropped and counted as late."""
+        ...
+
+
+class Transport(Protocol):
+    """A broker connection shared by every association of one bridge process."""
+
+    @property
+    def ready(self) -> bool:
+        """True while requests can be published and replies received."""
+        ...
+
+    async def start(self) -> None:
+        """Begin connecting in the background; never raises for an unreachable broker."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def call(self, message: Outbound) -> Call:
+        """Publish ``message`` (mandatory, confirmed) and return the call awaiting replies.
+
+        Raises :class:`bridge.errors.Unroutable` when no queue is bound for the routing
+        key and :class:`bridge.errors.BrokerUnavailable` when the broker is not connected
+        or does not confirm in time.
+        """
+        ...
+
+
+async def request_reply(transport: Transport, message: Outbound, timeout: float) -> bytes:
+    """Publish ``message`` and return the first reply's body, within ``timeout`` seconds."""
+    call = await transport.call(message)
+    try:
+        return await call.next_reply(timeout)
+    finally:
+        await call.close()

@@ -1,0 +1,325 @@
+"""RabbitMQ transport (aio-pika): confirmed, mandatory publishes and one reply queue.
+
+Lives entirely in the event loop thread. Two connections: one publishes requests (a
+connection the broker blocks under a memory or disk alarm), the other consumes replies,
+so a blocked publisher never stops replies from arriving. A supervisor task keeps both
+up: on loss of either, every in-flight call fails at once with
+:class:`~bridge.errors.BrokerUnavailable`, and it reconnects with capped backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+)
+from yarl import URL
+
+from bridge.errors import BrokerUnavailable, ReplyTimeout, Unroutable
+from bridge.transport import Outbound
+
+log = logging.getLogger(__name__)
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, for logs and error messages."""
+    try:
+        parsed = URL(url)
+    except (TypeError, ValueError):
+        return "<unparseable AMQP URL>"
+    return str(parsed.with_password("***")) if parsed.password else str(parsed)
+
+
+@dataclass
+class TransportStats:
+    """Counters an operator (and the tests) can read; exported as metrics later."""
+
+    published: int = 0
+    replies: int = 0
+    late_replies: int = 0
+    returned: int = 0
+    nacked: int = 0
+    publish_timeouts: int = 0
+    connects: int = 0
+    connection_losses: int = 0
+    failed_on_loss: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+_Item = bytes | BaseException
+
+
+class AmqpCall:
+    """Replies of one request, queued in arrival order."""
+
+    def __init__(self, transport: AmqpTransport, correlation_id: str) -> None:
+        self._transport = transport
+        self._id = correlation_id
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+
+    @property
+    def correlation_id(self) -> str:
+        return self._id
+
+    def _deliver(self, item: _Item) -> None:
+        self._queue.put_nowait(item)
+
+    async def next_reply(self, timeout: float) -> bytes:
+        try:
+            item = await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            raise ReplyTimeout(f"no reply within {timeout:g} s") from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def close(self) -> None:
+        self._transport._forget(self._id)
+
+
+class AmqpTransport:
+    """The bridge's broker connection. Implements :class:`bridge.transport.Transport`."""
+
+    def __init__(
+        self,
+        url: str,
+        exchange: str,
+        *,
+        publish_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        reconnect_max_delay: float = 5.0,
+        heartbeat: int = 20,
+        name: str = "dicom-bridge",
+    ) -> None:
+        self._url = url
+        self._exchange_name = exchange
+        self._publish_timeout = publish_timeout
+        self._connect_timeout = connect_timeout
+        self._reconnect_max_delay = reconnect_max_delay
+        self._heartbeat = heartbeat
+        self._name = f"{name} {socket.gethostname()} pid {os.getpid()}"
+        self._calls: dict[str, AmqpCall] = {}
+        self._exchange: AbstractExchange | None = None
+        self._reply_queue_name = ""
+        self._connections: list[AbstractConnection] = []
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+        self._ready = asyncio.Event()
+        self.stats = TransportStats()
+
+    # -- public ---------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._calls)
+
+    @property
+    def reply_queue(self) -> str:
+        return self._reply_queue_name
+
+    async def start(self) -> None:
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name="amqp-supervisor")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until connected; False when ``timeout`` seconds pass first."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        await self._disconnect(BrokerUnavailable("bridge is shutting down"))
+
+    async def call(self, message: Outbound) -> AmqpCall:
+        exchange = self._exchange
+        if exchange is None or not self.ready:
+            raise BrokerUnavailable("not connected to the broker")
+        call = AmqpCall(self, message.correlation_id)
+        self._calls[message.correlation_id] = call
+        try:
+            await self._publish(exchange, message)
+        except BaseException:
+            self._forget(message.correlation_id)
+            raise
+        return call
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _forget(self, correlation_id: str) -> None:
+        self._calls.pop(correlation_id, None)
+
+    async def _publish(self, exchange: AbstractExchange, message: Outbound) -> None:
+        amqp_message = aio_pika.Message(
+            message.body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            correlation_id=message.correlation_id,
+            message_id=message.correlation_id,
+            reply_to=self._reply_queue_name,
+            expiration=message.expiration,
+            timestamp=message.timestamp,
+            type=message.type,
+            app_id="dicom-bridge",
+            headers=dict(message.headers),
+        )
+        try:
+            await exchange.publish(
+                amqp_message,
+                message.routing_key,
+                mandatory=True,
+                timeout=self._publish_timeout,
+            )
+        except aiormq.exceptions.PublishError:
+            self.stats.returned += 1
+            raise Unroutable(f"no queue bound for {message.routing_key}") from None
+        except aiormq.exceptions.DeliveryError:
+            self.stats.nacked += 1
+            raise BrokerUnavailable("broker refused the request (nack)") from None
+        except TimeoutError:
+            self.stats.publish_timeouts += 1
+            raise BrokerUnavailable(
+                f"broker did not confirm within {self._publish_timeout:g} s"
+            ) from None
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"publish failed: {type(exc).__name__}") from None
+        self.stats.published += 1
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        # No await before _deliver: replies of one call keep their arrival order.
+        correlation_id = message.correlation_id or ""
+        call = self._calls.get(correlation_id)
+        if call is None:
+            self.stats.late_replies += 1
+            log.warning(
+                "late reply dropped: no request waits for it",
+                extra={"correlation_id": correlation_id},
+            )
+            return
+        self.stats.replies += 1
+        call._deliver(message.body)
+
+    async def _connect(self) -> list[asyncio.Future[bool] | asyncio.Task[bool]]:
+        publisher = await aio_pika.connect(
+            self._url,
+            timeout=self._connect_timeout,
+            heartbeat=self._heartbeat,
+            client_properties={"connection_name": f"{self._name} publish"},
+        )
+        self._connections.append(publisher)
+        consumer = await aio_pika.connect(
+            self._url,
+            timeout=self._connect_timeout,
+            heartbeat=self._heartbeat,
+            client_properties={"connection_name": f"{self._name} replies"},
+        )
+        self._connections.append(consumer)
+        publish_channel = await publisher.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await publish_channel.declare_exchange(
+            self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        reply_channel = await consumer.channel(publisher_confirms=False)
+        await reply_channel.set_qos(prefetch_count=0)
+        # Named by us, not by the server: the name shows in the management UI which
+        # process it belongs to. Exclusive: it vanishes with this connection, so a
+        # consumer's mandatory reply to a dead bridge comes back as NO_ROUTE.
+        queue_name = f"dicom-bridge.reply.{socket.gethostname()}.{uuid.uuid4().hex[:12]}"
+        queue = await reply_channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
+        await queue.consume(self._on_reply, no_ack=True)
+        self._reply_queue_name = queue_name
+        self._exchange = exchange
+        return [
+            asyncio.ensure_future(publisher.closed()),
+            asyncio.ensure_future(consumer.closed()),
+            asyncio.ensure_future(_channel_closed(publish_channel)),
+            asyncio.ensure_future(_channel_closed(reply_channel)),
+        ]
+
+    async def _disconnect(self, reason: BaseException) -> None:
+        was_ready = self._ready.is_set()
+        self._ready.clear()
+        self._exchange = None
+        calls, self._calls = self._calls, {}
+        for call in calls.values():
+            call._deliver(reason)
+        if calls:
+            self.stats.failed_on_loss += len(calls)
+            log.warning("failed %d in-flight requests: %s", len(calls), reason)
+        connections, self._connections = self._connections, []
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 2.0)
+        if was_ready:
+            log.info("disconnected from broker")
+
+    async def _supervise(self) -> None:
+        delay = 0.2
+        target = redact(self._url)
+        while not self._closing.is_set():
+            watchers: list[asyncio.Future[bool] | asyncio.Task[bool]] = []
+            try:
+                watchers = await self._connect()
+            except (OSError, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError) as exc:
+                log.warning(
+                    "broker unreachable at %s (%s); retrying in %.1f s",
+                    target,
+                    _describe(exc),
+                    delay,
+                )
+                await self._disconnect(BrokerUnavailable("not connected to the broker"))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._reconnect_max_delay)
+                continue
+            delay = 0.2
+            self.stats.connects += 1
+            self._ready.set()
+            log.info(
+                "connected to broker at %s, exchange %r, reply queue %s",
+                target,
+                self._exchange_name,
+                self._reply_queue_name,
+            )
+            try:
+                await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for watcher in watchers:
+                    watcher.cancel()
+            if self._closing.is_set():
+                break
+            self.stats.connection_losses += 1
+            log.warning("lost connection to broker at %s; reconnecting", target)
+            await self._disconnect(BrokerUnavailable("connection to the broker lost"))
+
+
+async def _channel_closed(channel: AbstractChannel) -> bool:
+    await channel.closed()
+    return True
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
