@@ -1,0 +1,31 @@
+# Two commands do the whole set-up on a fresh machine: `make run` and `make test`.
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run consumer demo test lint
+
+setup:
+	@bash scripts/setup.sh
+
+## Run the bridge (DICOM port 11112, AE title DICOM-BRIDGE, broker on 127.0.0.1).
+run: setup
+	$(BIN)/dicom-bridge serve
+
+## Run the example consumer, which answers every request with Success.
+consumer: setup
+	$(BIN)/dicom-bridge example-consumer
+
+## Both in one terminal: the consumer in the background, the bridge in front.
+demo: setup
+	@$(BIN)/dicom-bridge example-consumer & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/dicom-bridge serve
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## Lint, type-check and the whole test suite against the real broker and DCMTK.
+test: lint
+	$(BIN)/pytest

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from bridge.model import SINGLE_REPLY_SERVICES, Service
+from tests.harness import (
+    BridgeHarness,
+    ConsumerHarness,
+    Recorder,
+    bridge_settings,
+    broker_reachable,
+    delete_exchange,
+)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not broker_reachable():
+        raise pytest.UsageError(
+            "RabbitMQ is not reachable on 127.0.0.1:5672: start it (rabbitmq-server -detached)"
+        )
+
+
+@pytest.fixture
+def exchange() -> Iterator[str]:
+    """A fresh topic exchange per test, deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    delete_exchange(name)
+
+
+BridgeFactory = Callable[..., BridgeHarness]
+
+
+@pytest.fixture
+def make_bridge(exchange: str) -> Iterator[BridgeFactory]:
+    started: list[BridgeHarness] = []
+
+    def make(**overrides: Any) -> BridgeHarness:
+        harness = BridgeHarness(bridge_settings(exchange, **overrides))
+        started.append(harness)
+        return harness
+
+    yield make
+    for harness in started:
+        harness.stop()
+
+
+@pytest.fixture
+def bridge(make_bridge: BridgeFactory) -> BridgeHarness:
+    harness = make_bridge()
+    harness.wait_ready()
+    return harness
+
+
+ConsumerFactory = Callable[..., ConsumerHarness]
+
+
+@pytest.fixture
+def make_consumer(exchange: str) -> Iterator[ConsumerFactory]:
+    started: list[ConsumerHarness] = []
+
+    def make(
+        handler: Any, services: tuple[Service, ...] = SINGLE_REPLY_SERVICES, **filters: str
+    ) -> ConsumerHarness:
+        harness = ConsumerHarness(exchange, handler, services, **filters)
+        started.append(harness)
+        return harness
+
+    yield make
+    for harness in started:
+        harness.stop()
+
+
+@pytest.fixture
+def recorder(make_consumer: ConsumerFactory) -> Recorder:
+    """A consumer bound for every single-reply service that answers Success."""
+    rec = Recorder()
+    make_consumer(rec)
+    return rec
