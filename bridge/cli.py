@@ -10,7 +10,7 @@ import asyncio
 import sys
 import textwrap
 from collections.abc import Callable
-from typing import Any, TypeVar, get_args
+from typing import Any, NoReturn, TypeVar, get_args
 
 import click
 from pydantic.fields import FieldInfo
@@ -22,6 +22,7 @@ from bridge.errors import ConfigError, StartupError
 from bridge.example_consumer import build
 
 F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S", bound=BrokerSettings)
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
@@ -86,9 +87,19 @@ def _options_summary(kind: type[BrokerSettings]) -> str:
     return "\n".join(lines)
 
 
-def _fail(code: int, message: str) -> None:
+def _fail(code: int, message: str) -> NoReturn:
     click.echo(f"dicom-bridge: error: {message}", err=True)
     sys.exit(code)
+
+
+def _settings(kind: type[S], flags: dict[str, Any]) -> S:
+    """Settings from flags and environment, logging configured; exit 2 when invalid."""
+    try:
+        settings = load(kind, **flags)
+    except ConfigError as exc:
+        _fail(EXIT_CONFIG, exc.message)
+    bridge_logging.configure(settings.log_level, settings.log_format)
+    return settings
 
 
 MAIN_HELP = f"""DICOM SCP that answers every DIMSE request through RabbitMQ consumers.
@@ -125,12 +136,7 @@ Examples:
 @settings_options(BridgeSettings)
 def serve(**flags: Any) -> None:
     """Run the DICOM SCP and bridge each request to RabbitMQ."""
-    try:
-        settings = load(BridgeSettings, **flags)
-    except ConfigError as exc:
-        _fail(EXIT_CONFIG, exc.message)
-        return
-    bridge_logging.configure(settings.log_level, settings.log_format)
+    settings = _settings(BridgeSettings, flags)
     try:
         asyncio.run(service.serve(settings))
     except StartupError as exc:
@@ -146,12 +152,7 @@ Example:
 @settings_options(ConsumerSettings)
 def example_consumer(**flags: Any) -> None:
     """Answer every request with Success and log one line per request."""
-    try:
-        settings = load(ConsumerSettings, **flags)
-    except ConfigError as exc:
-        _fail(EXIT_CONFIG, exc.message)
-        return
-    bridge_logging.configure(settings.log_level, settings.log_format)
+    settings = _settings(ConsumerSettings, flags)
     try:
         build(settings).run_forever()
     except (OSError, ConnectionError) as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from bridge.errors import Failure
@@ -143,14 +143,68 @@ class ServiceSpec:
     """Optional status elements (PS3.7 Annex C) the response may carry: DICOM keywords."""
     streamed: bool = False
     """True when the consumer answers with several replies (Pending ones, then a final)."""
-    reply_fields: tuple[str, ...] = field(default=())
+    reply_fields: tuple[str, ...] = ()
     """Extra reply fields that set response command elements (keywords)."""
 
     def failure_status(self, failure: Failure) -> int:
         return self.failures[failure]
 
 
-_N_FAILURE_COMMON = (0x0110, 0x0112, 0x0117, 0x0118, 0x0119, 0x0210, 0x0211, 0x0212, 0x0213)
+def _retrieve(
+    service: Service, statuses: StatusTable, failures: Mapping[Failure, int]
+) -> ServiceSpec:
+    """C-FIND, C-GET, C-MOVE: an Identifier in, a stream of replies out."""
+    return ServiceSpec(
+        service,
+        statuses,
+        failures,
+        request_datasets=("identifier",),
+        reply_dataset="Identifier",
+        status_elements=("ErrorComment", "OffendingElement"),
+        streamed=True,
+    )
+
+
+def _n_service(
+    service: Service,
+    statuses: StatusTable,
+    *,
+    request: tuple[str, ...] = (),
+    reply: str | None = None,
+    elements: tuple[str, ...] = ("ErrorComment", "ErrorID"),
+    reply_fields: tuple[str, ...] = (),
+) -> ServiceSpec:
+    return ServiceSpec(
+        service,
+        statuses,
+        _N_FAILURES,
+        request_datasets=request,
+        reply_dataset=reply,
+        status_elements=elements,
+        reply_fields=reply_fields,
+    )
+
+
+# Status codes as pynetdicom's handler docs list them, one service per line.
+# fmt: off
+_N_COMMON = (0x0110, 0x0112, 0x0117, 0x0118, 0x0119, 0x0210, 0x0211, 0x0212, 0x0213)
+_MOVE_FAILED = (0x0122, 0x0124, 0x0210, 0x0211, 0x0212, 0xA701, 0xA702, 0xA801, 0xA900,
+                0xAA00, 0xAA01, 0xAA02, 0xAA03, 0xAA04)
+_GET_FAILED = (0xA701, 0xA702, 0xA900, 0xAA00, 0xAA01, 0xAA02, 0xAA03, 0xAA04)
+_N_SET_WARNED = (0x0001, 0xB305, 0xB600, 0xB604, 0xB605, 0xB609, 0xB60A)
+_N_SET_FAILED = (*_N_COMMON, 0x0105, 0x0106, 0x0116, 0x0121, 0x0124, 0xC112, 0xC224, 0xC225,
+                 0xC226, 0xC300, 0xC301, 0xC307, 0xC310, 0xC603, 0xC605, 0xC613, 0xC616)
+_N_ACTION_WARNED = (0xB101, 0xB102, 0xB104, 0xB301, 0xB304, 0xB306, 0xB601, 0xB602, 0xB603,
+                    0xB604, 0xB609, 0xB60A)
+# 0x0110 is in _N_COMMON: missing from pynetdicom's N-ACTION table, but in PS3.7 10.1.4.1.10.
+_N_ACTION_FAILED = (*_N_COMMON, 0x0114, 0x0115, 0x0123, 0x0124, 0xC101, 0xC102, 0xC103,
+                    0xC104, 0xC10E, 0xC110, 0xC111, 0xC112, 0xC300, 0xC301, 0xC302, 0xC303,
+                    0xC304, 0xC307, 0xC308, 0xC310, 0xC311, 0xC312, 0xC313, 0xC314, 0xC315,
+                    0xC600, 0xC601, 0xC602, 0xC603, 0xC613)
+_N_CREATE_FAILED = (*_N_COMMON, 0x0105, 0x0106, 0x0107, 0x0111, 0x0116, 0x0120, 0x0121,
+                    0x0124, 0xA510, 0xC221, 0xC222, 0xC223, 0xC227, 0xC309, 0xC616)
+# fmt: on
+_UNABLE = ((0xC000, 0xCFFF),)
 
 SPECS: dict[Service, ServiceSpec] = {
     Service.C_ECHO: ServiceSpec(
@@ -164,210 +218,69 @@ SPECS: dict[Service, ServiceSpec] = {
         _table(
             warning=(0xB000, 0xB006, 0xB007),
             failure=(0x0117, 0x0122, 0x0124, 0x0210, 0x0211, 0x0212),
-            failure_ranges=((0xA700, 0xA7FF), (0xA900, 0xA9FF), (0xC000, 0xCFFF)),
+            failure_ranges=((0xA700, 0xA7FF), (0xA900, 0xA9FF), *_UNABLE),
         ),
         _C_FAILURES,
         request_datasets=("dataset", "file_meta"),
         status_elements=("ErrorComment", "OffendingElement"),
     ),
-    Service.C_FIND: ServiceSpec(
+    Service.C_FIND: _retrieve(
         Service.C_FIND,
         _table(
-            failure=(0xA700, 0xA900),
-            failure_ranges=((0xC000, 0xCFFF),),
-            pending=(0xFF00, 0xFF01),
-            cancel=True,
+            failure=(0xA700, 0xA900), failure_ranges=_UNABLE, pending=(0xFF00, 0xFF01), cancel=True
         ),
         {**_C_FAILURES, Failure.BAD_REQUEST: 0xA900},
-        request_datasets=("identifier",),
-        reply_dataset="Identifier",
-        status_elements=("ErrorComment", "OffendingElement"),
-        streamed=True,
     ),
-    Service.C_GET: ServiceSpec(
+    Service.C_GET: _retrieve(
         Service.C_GET,
         _table(
             warning=(0xB000,),
-            failure=(0xA701, 0xA702, 0xA900, 0xAA00, 0xAA01, 0xAA02, 0xAA03, 0xAA04),
-            failure_ranges=((0xC000, 0xCFFF),),
+            failure=_GET_FAILED,
+            failure_ranges=_UNABLE,
             pending=(0xFF00,),
             cancel=True,
         ),
         _RETRIEVE_FAILURES,
-        request_datasets=("identifier",),
-        reply_dataset="Identifier",
-        status_elements=("ErrorComment", "OffendingElement"),
-        streamed=True,
     ),
-    Service.C_MOVE: ServiceSpec(
+    Service.C_MOVE: _retrieve(
         Service.C_MOVE,
-        _table(
-            failure=(
-                0x0122,
-                0x0124,
-                0x0210,
-                0x0211,
-                0x0212,
-                0xA701,
-                0xA702,
-                0xA801,
-                0xA900,
-                0xAA00,
-                0xAA01,
-                0xAA02,
-                0xAA03,
-                0xAA04,
-            ),
-            failure_ranges=((0xC000, 0xCFFF),),
-            pending=(0xFF00,),
-            cancel=True,
-        ),
+        _table(failure=_MOVE_FAILED, failure_ranges=_UNABLE, pending=(0xFF00,), cancel=True),
         _RETRIEVE_FAILURES,
-        request_datasets=("identifier",),
-        reply_dataset="Identifier",
-        status_elements=("ErrorComment", "OffendingElement"),
-        streamed=True,
     ),
-    Service.N_EVENT_REPORT: ServiceSpec(
+    Service.N_EVENT_REPORT: _n_service(
         Service.N_EVENT_REPORT,
-        _table(failure=(*_N_FAILURE_COMMON, 0x0113, 0x0114, 0x0115)),
-        _N_FAILURES,
-        request_datasets=("event_information",),
-        reply_dataset="Event Reply",
-        status_elements=("ErrorComment", "ErrorID"),
+        _table(failure=(*_N_COMMON, 0x0113, 0x0114, 0x0115)),
+        request=("event_information",),
+        reply="Event Reply",
     ),
-    Service.N_GET: ServiceSpec(
+    Service.N_GET: _n_service(
         Service.N_GET,
-        _table(
-            warning=(0x0001, 0x0107),
-            failure=(*_N_FAILURE_COMMON, 0x0124, 0xC112, 0xC307),
-        ),
-        _N_FAILURES,
-        reply_dataset="Attribute List",
-        status_elements=("ErrorComment", "ErrorID", "AttributeIdentifierList"),
+        _table(warning=(0x0001, 0x0107), failure=(*_N_COMMON, 0x0124, 0xC112, 0xC307)),
+        reply="Attribute List",
+        elements=("ErrorComment", "ErrorID", "AttributeIdentifierList"),
     ),
-    Service.N_SET: ServiceSpec(
+    Service.N_SET: _n_service(
         Service.N_SET,
-        _table(
-            warning=(0x0001, 0xB305, 0xB600, 0xB604, 0xB605, 0xB609, 0xB60A),
-            failure=(
-                *_N_FAILURE_COMMON,
-                0x0105,
-                0x0106,
-                0x0116,
-                0x0121,
-                0x0124,
-                0xC112,
-                0xC224,
-                0xC225,
-                0xC226,
-                0xC300,
-                0xC301,
-                0xC307,
-                0xC310,
-                0xC603,
-                0xC605,
-                0xC613,
-                0xC616,
-            ),
-        ),
-        _N_FAILURES,
-        request_datasets=("modification_list",),
-        reply_dataset="Attribute List",
-        status_elements=("ErrorComment", "ErrorID", "AttributeIdentifierList"),
+        _table(warning=_N_SET_WARNED, failure=_N_SET_FAILED),
+        request=("modification_list",),
+        reply="Attribute List",
+        elements=("ErrorComment", "ErrorID", "AttributeIdentifierList"),
     ),
-    Service.N_ACTION: ServiceSpec(
+    Service.N_ACTION: _n_service(
         Service.N_ACTION,
-        _table(
-            warning=(
-                0xB101,
-                0xB102,
-                0xB104,
-                0xB301,
-                0xB304,
-                0xB306,
-                0xB601,
-                0xB602,
-                0xB603,
-                0xB604,
-                0xB609,
-                0xB60A,
-            ),
-            # 0x0110 is not in pynetdicom's N-ACTION table but is in PS3.7 10.1.4.1.10.
-            failure=(
-                *_N_FAILURE_COMMON,
-                0x0114,
-                0x0115,
-                0x0123,
-                0x0124,
-                0xC101,
-                0xC102,
-                0xC103,
-                0xC104,
-                0xC10E,
-                0xC110,
-                0xC111,
-                0xC112,
-                0xC300,
-                0xC301,
-                0xC302,
-                0xC303,
-                0xC304,
-                0xC307,
-                0xC308,
-                0xC310,
-                0xC311,
-                0xC312,
-                0xC313,
-                0xC314,
-                0xC315,
-                0xC600,
-                0xC601,
-                0xC602,
-                0xC603,
-                0xC613,
-            ),
-        ),
-        _N_FAILURES,
-        request_datasets=("action_information",),
-        reply_dataset="Action Reply",
-        status_elements=("ErrorComment", "ErrorID", "AttributeIdentifierList"),
+        _table(warning=_N_ACTION_WARNED, failure=_N_ACTION_FAILED),
+        request=("action_information",),
+        reply="Action Reply",
+        elements=("ErrorComment", "ErrorID", "AttributeIdentifierList"),
     ),
-    Service.N_CREATE: ServiceSpec(
+    Service.N_CREATE: _n_service(
         Service.N_CREATE,
-        _table(
-            warning=(0xB300, 0xB600, 0xB605),
-            failure=(
-                *_N_FAILURE_COMMON,
-                0x0105,
-                0x0106,
-                0x0107,
-                0x0111,
-                0x0116,
-                0x0120,
-                0x0121,
-                0x0124,
-                0xA510,
-                0xC221,
-                0xC222,
-                0xC223,
-                0xC227,
-                0xC309,
-                0xC616,
-            ),
-        ),
-        _N_FAILURES,
-        request_datasets=("attribute_list",),
-        reply_dataset="Attribute List",
-        status_elements=("ErrorComment", "ErrorID"),
+        _table(warning=(0xB300, 0xB600, 0xB605), failure=_N_CREATE_FAILED),
+        request=("attribute_list",),
+        reply="Attribute List",
         reply_fields=("AffectedSOPInstanceUID",),
     ),
-    Service.N_DELETE: ServiceSpec(
-        Service.N_DELETE,
-        _table(failure=(*_N_FAILURE_COMMON, 0x0124)),
-        _N_FAILURES,
-        status_elements=("ErrorComment", "ErrorID"),
-    ),
+    Service.N_DELETE: _n_service(Service.N_DELETE, _table(failure=(*_N_COMMON, 0x0124))),
 }
 
 # The services this release bridges; the Q/R ones have specs for their statuses already.

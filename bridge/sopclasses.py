@@ -16,21 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from pynetdicom import presentation
+from pynetdicom import presentation, service_class_n
 from pynetdicom import sop_class as pynetdicom_sop_class
-from pynetdicom.service_class import StorageServiceClass, VerificationServiceClass
-from pynetdicom.service_class_n import (
-    ApplicationEventLoggingServiceClass,
-    DisplaySystemManagementServiceClass,
-    InstanceAvailabilityNotificationServiceClass,
-    MediaCreationManagementServiceClass,
-    PrintManagementServiceClass,
-    ProcedureStepServiceClass,
-    RTMachineVerificationServiceClass,
-    StorageCommitmentServiceClass,
-    StorageManagementServiceClass,
-    UnifiedProcedureStepServiceClass,
-)
+from pynetdicom.service_class import ServiceClass, StorageServiceClass, VerificationServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from bridge.errors import ConfigError
@@ -39,17 +27,11 @@ VERIFICATION = "1.2.840.10008.1.1"
 
 DEFAULT_SELECTION = ("verification", "storage", "n-services")
 
-N_SERVICE_CLASSES = (
-    ApplicationEventLoggingServiceClass,
-    DisplaySystemManagementServiceClass,
-    InstanceAvailabilityNotificationServiceClass,
-    MediaCreationManagementServiceClass,
-    PrintManagementServiceClass,
-    ProcedureStepServiceClass,
-    RTMachineVerificationServiceClass,
-    StorageCommitmentServiceClass,
-    StorageManagementServiceClass,
-    UnifiedProcedureStepServiceClass,
+# Every service class pynetdicom implements with DIMSE-N: MPPS, Print, Storage Commitment...
+N_SERVICE_CLASSES = tuple(
+    value
+    for value in vars(service_class_n).values()
+    if isinstance(value, type) and issubclass(value, ServiceClass) and value is not ServiceClass
 )
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")

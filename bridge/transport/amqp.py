@@ -222,21 +222,19 @@ class AmqpTransport:
         self.stats.replies += 1
         call._deliver(message.body)
 
+    async def _open(self, purpose: str) -> AbstractConnection:
+        connection = await aio_pika.connect(
+            self._url,
+            timeout=self._connect_timeout,
+            heartbeat=self._heartbeat,
+            client_properties={"connection_name": f"{self._name} {purpose}"},
+        )
+        self._connections.append(connection)
+        return connection
+
     async def _connect(self) -> list[asyncio.Future[bool] | asyncio.Task[bool]]:
-        publisher = await aio_pika.connect(
-            self._url,
-            timeout=self._connect_timeout,
-            heartbeat=self._heartbeat,
-            client_properties={"connection_name": f"{self._name} publish"},
-        )
-        self._connections.append(publisher)
-        consumer = await aio_pika.connect(
-            self._url,
-            timeout=self._connect_timeout,
-            heartbeat=self._heartbeat,
-            client_properties={"connection_name": f"{self._name} replies"},
-        )
-        self._connections.append(consumer)
+        publisher = await self._open("publish")
+        consumer = await self._open("replies")
         publish_channel = await publisher.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await publish_channel.declare_exchange(
             self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
