@@ -29,11 +29,13 @@ EXIT_RUNTIME = 1
 
 
 def _default_text(field: FieldInfo) -> str:
-    default = field.default
+    default = field.get_default(call_default_factory=True)
     if isinstance(default, tuple):
         return ",".join(default)
     if isinstance(default, bool):
         return "on" if default else "off"
+    if default is None:
+        return "none"
     return str(default)
 
 

@@ -18,9 +18,9 @@ import orjson
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
-from bridge import dicomjson
+from bridge import dicomjson, sopclasses
 from bridge.errors import CodecError, ReplyError
-from bridge.model import ENVELOPE_VERSION, Category, Service, ServiceSpec
+from bridge.model import ENVELOPE_VERSION, Category, Service, ServiceSpec, routing_key
 from bridge.transport import HeaderValue
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ REPLY_ELEMENTS: dict[str, str] = {
     "affected_sop_instance_uid": "AffectedSOPInstanceUID",
 }
 KEYWORD_TO_REPLY_KEY = {keyword: key for key, keyword in REPLY_ELEMENTS.items()}
+STREAM_FIELDS = ("sub_operations", "transfer_syntax_uid", "destination", "presentation_contexts")
 
 _TAG_TEXT = re.compile(r"^[0-9A-Fa-f]{8}$")
 _UID_TEXT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -90,6 +91,13 @@ class Reply:
     dataset: JSONDict | None = None
     elements: Mapping[str, Any] = field(default_factory=dict)
     """Status elements and response fields by DICOM keyword, as pynetdicom wants them."""
+    stream: Mapping[str, Any] = field(default_factory=dict)
+    """Fields that steer a streamed service (``sub_operations``, ``destination``...)."""
+
+    @property
+    def final(self) -> bool:
+        """False for a Pending reply: more replies follow."""
+        return self.category is not Category.PENDING
 
 
 # -- envelope ------------------------------------------------------------------------------
@@ -203,7 +211,36 @@ def build_envelope(
     }
     for name in service.spec.request_datasets:
         envelope[name] = _request_dataset(event, name, bulk_data)
+    if service.spec.streamed:
+        model = sopclasses.query_model(envelope["sop_class_uid"])
+        envelope["query_model"] = model
+        envelope["query_level"] = check_query_level(model, envelope.get("identifier"))
     return envelope
+
+
+def check_query_level(model: str | None, identifier: JSONDict | None) -> str | None:
+    """The Query/Retrieve Level (0008,0052) of ``identifier``; for the hierarchical models
+    it must be one the model has (PS3.4 C.6), else CodecError (answered with 0xA900)."""
+    element = (identifier or {}).get("00080052") or {}
+    values = element.get("Value") or [None]
+    level = values[0] if isinstance(values[0], str) else None
+    allowed = sopclasses.LEVELS.get(model or "")
+    if allowed is not None and level not in allowed:
+        shown = "missing" if level is None else "not one of " + "/".join(allowed)
+        raise CodecError(f"Query/Retrieve Level {shown}"[:64])
+    return level
+
+
+def cancel_notice(envelope: Mapping[str, Any]) -> tuple[str, bytes]:
+    """Routing key and body of the notice that the peer cancelled request ``envelope``:
+    ``cancel.<service>.<sop class>.<calling AE>`` (the request's key behind ``cancel.``)."""
+    association = envelope["association"]
+    key = routing_key(
+        Service(envelope["service"]), envelope["sop_class_uid"], association["calling_ae"]
+    )
+    body = {"version": ENVELOPE_VERSION, "type": "cancel", "id": envelope["id"],
+            "service": envelope["service"]}  # fmt: skip
+    return f"cancel.{key}", orjson.dumps(body)
 
 
 def dumps(document: Mapping[str, Any]) -> bytes:
@@ -273,6 +310,50 @@ def _element(key: str, value: Any) -> Any:
     raise ReplyError(f"unknown reply field {key!r}")  # pragma: no cover - keys checked first
 
 
+def _uid(value: Any, key: str) -> str:
+    if not isinstance(value, str) or len(value) > 64 or not _UID_TEXT.match(value):
+        raise ReplyError(f"{key} must be a UID")
+    return value
+
+
+def _stream_field(key: str, value: Any) -> Any:
+    if key == "sub_operations":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+            raise ReplyError("sub_operations must be an integer 0..65535")
+        return value
+    if key == "transfer_syntax_uid":
+        return _uid(value, key)
+    if key == "destination":
+        host = value.get("host") if isinstance(value, dict) else None
+        port = value.get("port") if isinstance(value, dict) else None
+        if (
+            not isinstance(host, str)
+            or not host
+            or isinstance(port, bool)
+            or not isinstance(port, int)
+            or not 0 < port <= 0xFFFF
+            or set(value) - {"host", "port"}
+        ):
+            raise ReplyError("destination must be {host, port}")
+        return (host, port)
+    if key == "presentation_contexts":
+        if not isinstance(value, list) or not 0 < len(value) <= 128:
+            raise ReplyError("presentation_contexts must be a list of 1..128 contexts")
+        contexts = []
+        for item in value:
+            syntaxes = item.get("transfer_syntaxes") if isinstance(item, dict) else None
+            if not isinstance(syntaxes, list) or not syntaxes:
+                raise ReplyError("a presentation context needs transfer_syntaxes")
+            contexts.append(
+                (
+                    _uid(item.get("abstract_syntax"), "abstract_syntax"),
+                    tuple(_uid(ts, "transfer_syntaxes") for ts in syntaxes),
+                )
+            )
+        return tuple(contexts)
+    raise ReplyError(f"unknown reply field {key!r}")  # pragma: no cover - keys checked first
+
+
 def parse_reply(body: bytes, spec: ServiceSpec) -> Reply:
     """Decode and validate a consumer's reply for ``spec``'s service.
 
@@ -297,6 +378,7 @@ def parse_reply(body: bytes, spec: ServiceSpec) -> Reply:
 
     allowed = {KEYWORD_TO_REPLY_KEY[k] for k in (*spec.status_elements, *spec.reply_fields)}
     elements: dict[str, Any] = {}
+    stream: dict[str, Any] = {}
     dataset: JSONDict | None = None
     for key, value in document.items():
         if key in ("status", "version") or key.startswith("x-"):
@@ -311,11 +393,15 @@ def parse_reply(body: bytes, spec: ServiceSpec) -> Reply:
             dataset = value
         elif key in allowed:
             elements[REPLY_ELEMENTS[key]] = _element(key, value)
-        elif key in REPLY_ELEMENTS:
+        elif key in spec.stream_fields:
+            stream[key] = _stream_field(key, value)
+        elif key in REPLY_ELEMENTS or key in STREAM_FIELDS:
             raise ReplyError(f"{key} not allowed for {spec.service.dimse_name}")
         else:
             raise ReplyError(f"unknown reply field {key[:32]!r}")
-    return Reply(status=status, category=category, dataset=dataset, elements=elements)
+    return Reply(
+        status=status, category=category, dataset=dataset, elements=elements, stream=stream
+    )
 
 
 def status_dataset(status: int, elements: Mapping[str, Any] | None = None) -> Dataset:

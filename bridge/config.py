@@ -7,18 +7,26 @@ message naming the setting, before anything listens or connects.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bridge import sopclasses
+from bridge.aetable import AETable
 from bridge.errors import ConfigError
 from bridge.transport.amqp import redact
 
 S = TypeVar("S", bound="BrokerSettings")
 
 _AE_FORBIDDEN = set("\\") | {chr(c) for c in range(32)} | {chr(127)}
+
+
+def _cache_dir() -> Path:
+    # Per user, not /tmp: bulk data is patient data.
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 
 
 def _split(value: Any) -> Any:
@@ -47,6 +55,23 @@ class BrokerSettings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="Log format: text for people, json for log pipelines."
+    )
+    bulk_dir: Path = Field(
+        default_factory=lambda: _cache_dir() / "dicom-bridge" / "bulk",
+        description="Claim-check directory shared by the bridge and its consumers (same "
+        "path everywhere); bulk data above --bulk-threshold travels through it.",
+    )
+    bulk_threshold: int = Field(
+        1 << 20,
+        ge=0,
+        description="Binary values larger than this many bytes go to the claim-check "
+        "directory instead of into the message.",
+    )
+    max_message_size: int = Field(
+        16 << 20,
+        ge=4096,
+        description="Largest message to publish, in bytes: the broker's max_message_size "
+        "(16 MiB by default on RabbitMQ 4, 128 MiB on 3.x).",
     )
 
     @field_validator("log_level", mode="before")
@@ -104,6 +129,11 @@ class BridgeSettings(BrokerSettings):
     network_timeout: float = Field(
         60.0, gt=0, description="Seconds an idle association stays open before it is aborted."
     )
+    ae_table: Path | None = Field(
+        None,
+        description="JSON or YAML file mapping AE titles to host and port, for C-MOVE "
+        "destinations.",
+    )
 
     @field_validator("sop_classes", mode="before")
     @classmethod
@@ -137,9 +167,22 @@ class BridgeSettings(BrokerSettings):
             raise ValueError("reply_timeout must be below network_timeout")
         return self
 
+    @field_validator("ae_table")
+    @classmethod
+    def _ae_table(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                AETable.load(value)
+            except ConfigError as exc:
+                raise ValueError(exc.message) from None
+        return value
+
     @property
     def sop_class_uids(self) -> list[str]:
         return sopclasses.resolve(self.sop_classes)
+
+    def load_ae_table(self) -> AETable:
+        return AETable.load(self.ae_table) if self.ae_table is not None else AETable()
 
 
 class ConsumerSettings(BrokerSettings):

@@ -17,6 +17,12 @@ the request's ``correlation_id`` and acks. A function returns a status (``int``)
 ``(status, dataset)`` pair, or a :class:`Response` with status elements. Plain functions
 run in worker threads; ``async def`` functions run on the loop.
 
+C-FIND handlers return or yield matches; C-GET and C-MOVE handlers return the instances
+(Datasets or file paths) or a :class:`Retrieval`; see :mod:`bridge.replies`. When the
+peer cancels, the bridge publishes a cancel notice; the SDK stops the handler's iteration
+and sends nothing more for that request. Bulk data above ``bulk_threshold`` travels through
+the claim-check directory ``bulk_dir`` (shared with the bridge), both ways.
+
 Delivery: a request is acked after its reply is confirmed by the broker, so a consumer
 that dies mid-request leaves it to another consumer (at-least-once; ``Request.id`` is the
 idempotency key). Requests past their deadline are acked without a reply: the bridge has
@@ -30,21 +36,34 @@ import contextlib
 import inspect
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Literal
 
 import aio_pika
 import aiormq
+import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from pydicom.dataset import Dataset
 
 from bridge import codec, dicomjson
+from bridge.bulkstore import DirectoryStore, read_uri
 from bridge.errors import CodecError, Failure
-from bridge.model import Service
+from bridge.model import Service, routing_word
+from bridge.replies import (
+    BulkSink,
+    Response,
+    Retrieval,
+    find_replies,
+    retrieve_replies,
+    to_response,
+)
+
+__all__ = ["Consumer", "Request", "Response", "Retrieval"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +106,17 @@ class Request:
         document = self.envelope.get(name)
         if document is None:
             return None
-        return dicomjson.json_to_dataset(document)
+        return dicomjson.json_to_dataset(document, bulk_data=read_uri)
+
+    @property
+    def query_model(self) -> str | None:
+        """C-FIND/C-GET/C-MOVE information model: ``study-root``, ``modality-worklist``..."""
+        model = self.envelope.get("query_model")
+        return model if isinstance(model, str) else None
+
+    @property
+    def move_destination(self) -> str:
+        return str(self.command.get("move_destination", ""))
 
     @cached_property
     def dataset(self) -> Dataset | None:
@@ -120,35 +149,7 @@ class Request:
         return self._dataset("identifier")
 
 
-@dataclass
-class Response:
-    """A reply with more than a status. Tags are ints (``0x00100010``)."""
-
-    status: int = 0x0000
-    dataset: Dataset | None = None
-    error_comment: str | None = None
-    error_id: int | None = None
-    offending_element: list[int] | None = None
-    attribute_identifier_list: list[int] | None = None
-    affected_sop_instance_uid: str | None = None
-
-    def encode(self) -> bytes:
-        elements: dict[str, Any] = {
-            "error_comment": self.error_comment,
-            "error_id": self.error_id,
-            "offending_element": _tags(self.offending_element),
-            "attribute_identifier_list": _tags(self.attribute_identifier_list),
-            "affected_sop_instance_uid": self.affected_sop_instance_uid,
-        }
-        dataset = None if self.dataset is None else dicomjson.dataset_to_json(self.dataset)
-        return codec.build_reply(self.status, dataset=dataset, elements=elements)
-
-
-def _tags(tags: list[int] | None) -> list[str] | None:
-    return None if tags is None else [codec.tag_text(t) for t in tags]
-
-
-HandlerResult = int | Response | tuple[int, Dataset | None]
+HandlerResult = int | Response | tuple[int, Dataset | None] | Iterable[Any] | Retrieval
 Handler = Callable[[Request], HandlerResult | Awaitable[HandlerResult]]
 
 
@@ -161,8 +162,9 @@ class Registration:
 
     @property
     def binding(self) -> str:
-        sop = "*" if self.sop_class == "*" else self.sop_class.replace(".", "_")
-        return f"{self.service.value}.{sop}.{self.calling_ae}"
+        sop = "*" if self.sop_class == "*" else routing_word(self.sop_class.replace(".", "_"))
+        ae = "*" if self.calling_ae == "*" else routing_word(self.calling_ae)
+        return f"{self.service.value}.{sop}.{ae}"
 
     def matches(self, request: Request) -> bool:
         return (
@@ -172,22 +174,12 @@ class Registration:
         )
 
 
-def to_response(result: HandlerResult) -> Response:
-    if isinstance(result, Response):
-        return result
-    if isinstance(result, tuple):
-        status, dataset = result
-        return Response(status=status, dataset=dataset)
-    if isinstance(result, int) and not isinstance(result, bool):
-        return Response(status=result)
-    raise TypeError(f"handler returned {type(result).__name__}; expected int, tuple, Response")
-
-
 @dataclass
 class ConsumerStats:
     handled: int = 0
     failed: int = 0
     stale: int = 0
+    cancelled: int = 0
     undeliverable_replies: int = 0
     by_service: dict[str, int] = field(default_factory=dict)
 
@@ -204,6 +196,8 @@ class Consumer:
         prefetch: int = 32,
         queue_type: Literal["quorum", "classic"] = "quorum",
         exclusive: bool = False,
+        bulk_dir: Path | None = None,
+        bulk_threshold: int = 1 << 20,
     ) -> None:
         self.amqp_url = amqp_url
         self.exchange = exchange
@@ -213,9 +207,14 @@ class Consumer:
         self.exclusive = exclusive
         self.registrations: list[Registration] = []
         self.stats = ConsumerStats()
+        self.store = DirectoryStore(bulk_dir) if bulk_dir is not None else None
+        self.bulk_threshold = bulk_threshold
         self._connection: AbstractRobustConnection | None = None
         self._reply_channel: AbstractChannel | None = None
+        self._stream_channel: AbstractChannel | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._streaming: set[str] = set()
+        self._cancelled: set[str] = set()
         self._ready = asyncio.Event()
 
     def on(
@@ -247,6 +246,8 @@ class Consumer:
         if not self.registrations:
             raise ValueError("no handler registered")
         self._executor = ThreadPoolExecutor(self.prefetch, thread_name_prefix="consumer")
+        if self.store is not None:
+            self.store.ensure()
         connection = await aio_pika.connect_robust(
             self.amqp_url,
             client_properties={"connection_name": f"dicom-bridge consumer {self.queue}"},
@@ -268,6 +269,17 @@ class Consumer:
             )
         for binding in dict.fromkeys(r.binding for r in self.registrations):
             await queue.bind(exchange, binding)
+        # Stream replies go unconfirmed, in order, on a channel of their own; a returned
+        # one means the bridge is gone, so the stream stops.
+        self._stream_channel = await connection.channel(publisher_confirms=False)
+        self._stream_channel.return_callbacks.add(self._on_returned)
+        streamed = [r for r in self.registrations if r.service.spec.streamed]
+        if streamed:
+            # Cancel notices go to every consumer instance: an exclusive queue each.
+            control = await channel.declare_queue("", exclusive=True, auto_delete=True)
+            for binding in dict.fromkeys(f"cancel.{r.binding}" for r in streamed):
+                await control.bind(exchange, binding)
+            await control.consume(self._on_cancel, no_ack=True)
         await queue.consume(self._on_message)
         self._ready.set()
         log.info(
@@ -306,61 +318,154 @@ class Consumer:
 
     # -- one request ----------------------------------------------------------------------
 
+    def _sink(self, tag: int, vr: str, value: bytes) -> str | None:
+        if self.store is None or len(value) <= self.bulk_threshold:
+            return None
+        return self.store.put(value)
+
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
-            body = await self._answer(message)
+            await self._handle(message)
         except Exception:
             log.exception("could not answer a request; it will be redelivered")
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
             return
-        if body is not None:
-            await self._reply(message, body)
         await message.ack()
 
-    async def _answer(self, message: AbstractIncomingMessage) -> bytes | None:
-        """The reply body for ``message``, or None when no reply is due."""
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
         deadline_ms = (message.headers or {}).get("deadline-ms")
         if isinstance(deadline_ms, int) and deadline_ms < datetime.now(UTC).timestamp() * 1000:
             self.stats.stale += 1
             log.warning("request past its deadline skipped", extra=_ids(message))
-            return None
+            return
         try:
             request = Request(codec.parse_envelope(message.body))
         except CodecError as exc:
             self.stats.failed += 1
             log.warning("unusable envelope: %s", exc.message, extra=_ids(message))
-            return codec.build_reply(0x0110, elements={"error_comment": exc.comment})
+            await self._reply(
+                message, codec.build_reply(0x0110, elements={"error_comment": exc.comment})
+            )
+            return
         registration = next((r for r in self.registrations if r.matches(request)), None)
         spec = request.service.spec
         if registration is None:
             self.stats.failed += 1
-            return codec.build_reply(
+            body = codec.build_reply(
                 spec.failure_status(Failure.INTERNAL),
                 elements={"error_comment": "no handler for this request"},
             )
-        try:
-            body = await self._call(registration.handler, request)
-        except Exception as exc:
-            self.stats.failed += 1
-            log.exception("%s handler failed", request.service.dimse_name, extra=_ids(message))
-            return codec.build_reply(
-                spec.failure_status(Failure.INTERNAL),
-                elements={"error_comment": f"consumer error: {type(exc).__name__}"[:64]},
-            )
-        self.stats.handled += 1
-        self.stats.by_service[request.service.value] = (
-            self.stats.by_service.get(request.service.value, 0) + 1
+        elif spec.streamed:
+            await self._stream(message, request, registration)
+            return
+        else:
+            body = await self._single(message, request, registration)
+        await self._reply(message, body)
+
+    def _failure_body(self, request: Request, exc: Exception) -> bytes:
+        self.stats.failed += 1
+        log.error(
+            "%s handler failed", request.service.dimse_name, exc_info=exc,
+            extra={"correlation_id": request.id},
+        )  # fmt: skip
+        return codec.build_reply(
+            request.service.spec.failure_status(Failure.INTERNAL),
+            elements={"error_comment": f"consumer error: {type(exc).__name__}"[:64]},
         )
+
+    def _count(self, request: Request) -> None:
+        self.stats.handled += 1
+        name = request.service.value
+        self.stats.by_service[name] = self.stats.by_service.get(name, 0) + 1
+
+    async def _single(
+        self, message: AbstractIncomingMessage, request: Request, registration: Registration
+    ) -> bytes:
+        """Run a single-reply handler and encode its answer; off the loop for plain
+        functions."""
+        handler = registration.handler
+        try:
+            if inspect.iscoroutinefunction(handler):
+                result = await handler(request)
+                body = to_response(result).encode(self._sink)
+            else:
+                loop = asyncio.get_running_loop()
+                body = await loop.run_in_executor(
+                    self._executor, _run_single, handler, request, self._sink
+                )
+        except Exception as exc:
+            return self._failure_body(request, exc)
+        self._count(request)
         return body
 
-    async def _call(self, handler: Handler, request: Request) -> bytes:
-        """Run the handler and encode its answer; off the loop for plain functions."""
-        if inspect.iscoroutinefunction(handler):
-            result: HandlerResult = await handler(request)
-            return to_response(result).encode()
+    async def _stream(
+        self, message: AbstractIncomingMessage, request: Request, registration: Registration
+    ) -> None:
+        """Publish a streamed handler's replies as they are produced; stop on a cancel
+        notice or when the bridge is gone."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _run_sync, handler, request)
+        correlation_id = message.correlation_id or request.id
+        self._streaming.add(correlation_id)
+        bodies: Iterator[bytes] | None = None
+        try:
+            handler = registration.handler
+            if inspect.iscoroutinefunction(handler):
+                result = await handler(request)
+                bodies = _stream_bodies(request, lambda: result, self._sink)
+            else:
+                bodies = _stream_bodies(request, lambda: handler(request), self._sink)
+            while correlation_id not in self._cancelled:
+                try:
+                    body = await loop.run_in_executor(self._executor, next, bodies, None)
+                except Exception as exc:
+                    await self._publish_stream(message, self._failure_body(request, exc))
+                    return
+                if body is None:
+                    self._count(request)
+                    return
+                await self._publish_stream(message, body)
+            self.stats.cancelled += 1
+            log.info(
+                "%s stopped: cancelled by the peer or the bridge is gone",
+                request.service.dimse_name,
+                extra={"correlation_id": correlation_id},
+            )
+        finally:
+            self._streaming.discard(correlation_id)
+            self._cancelled.discard(correlation_id)
+            if isinstance(bodies, Generator):
+                await loop.run_in_executor(self._executor, bodies.close)
+
+    async def _publish_stream(self, message: AbstractIncomingMessage, body: bytes) -> None:
+        channel = self._stream_channel
+        if not message.reply_to or channel is None:
+            return
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                body,
+                content_type="application/json",
+                correlation_id=message.correlation_id,
+                delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            ),
+            routing_key=message.reply_to,
+            mandatory=True,
+        )
+
+    def _on_returned(self, channel: Any, message: AbstractIncomingMessage) -> None:
+        self.stats.undeliverable_replies += 1
+        if message.correlation_id in self._streaming:
+            self._cancelled.add(message.correlation_id)
+
+    async def _on_cancel(self, message: AbstractIncomingMessage) -> None:
+        try:
+            notice = orjson.loads(message.body)
+            target = str(notice["id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("unusable cancel notice ignored")
+            return
+        if target in self._streaming:
+            self._cancelled.add(target)
 
     async def _reply(self, message: AbstractIncomingMessage, body: bytes) -> None:
         channel = self._reply_channel
@@ -386,11 +491,19 @@ class Consumer:
             log.warning("requester gone: reply not deliverable", extra=_ids(message))
 
 
-def _run_sync(handler: Handler, request: Request) -> bytes:
+def _run_single(handler: Handler, request: Request, sink: BulkSink) -> bytes:
     result = handler(request)
     if inspect.isawaitable(result):
         raise TypeError("handler returned an awaitable: declare it with async def")
-    return to_response(result).encode()
+    return to_response(result).encode(sink)
+
+
+def _stream_bodies(request: Request, produce: Callable[[], Any], sink: BulkSink) -> Iterator[bytes]:
+    """The reply bodies of a streamed request; the handler runs on the first next()."""
+    if request.service is Service.C_FIND:
+        yield from find_replies(produce(), sink)
+    else:
+        yield from retrieve_replies(produce(), request.service, sink)
 
 
 def _ids(message: AbstractIncomingMessage) -> dict[str, str]:

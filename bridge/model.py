@@ -145,13 +145,18 @@ class ServiceSpec:
     """True when the consumer answers with several replies (Pending ones, then a final)."""
     reply_fields: tuple[str, ...] = ()
     """Extra reply fields that set response command elements (keywords)."""
+    stream_fields: tuple[str, ...] = ()
+    """Reply fields of a streamed service that steer the bridge (``sub_operations``...)."""
 
     def failure_status(self, failure: Failure) -> int:
         return self.failures[failure]
 
 
 def _retrieve(
-    service: Service, statuses: StatusTable, failures: Mapping[Failure, int]
+    service: Service,
+    statuses: StatusTable,
+    failures: Mapping[Failure, int],
+    stream_fields: tuple[str, ...] = (),
 ) -> ServiceSpec:
     """C-FIND, C-GET, C-MOVE: an Identifier in, a stream of replies out."""
     return ServiceSpec(
@@ -162,7 +167,15 @@ def _retrieve(
         reply_dataset="Identifier",
         status_elements=("ErrorComment", "OffendingElement"),
         streamed=True,
+        stream_fields=stream_fields,
     )
+
+
+# The first reply of a C-GET or C-MOVE announces the sub-operations (and for C-MOVE may
+# name the destination and the contexts to propose); each instance names its transfer
+# syntax.
+_GET_FIELDS = ("sub_operations", "transfer_syntax_uid")
+_MOVE_FIELDS = (*_GET_FIELDS, "destination", "presentation_contexts")
 
 
 def _n_service(
@@ -241,11 +254,13 @@ SPECS: dict[Service, ServiceSpec] = {
             cancel=True,
         ),
         _RETRIEVE_FAILURES,
+        _GET_FIELDS,
     ),
     Service.C_MOVE: _retrieve(
         Service.C_MOVE,
         _table(failure=_MOVE_FAILED, failure_ranges=_UNABLE, pending=(0xFF00,), cancel=True),
         _RETRIEVE_FAILURES,
+        _MOVE_FIELDS,
     ),
     Service.N_EVENT_REPORT: _n_service(
         Service.N_EVENT_REPORT,
@@ -290,7 +305,7 @@ SINGLE_REPLY_SERVICES = tuple(s for s in Service if not SPECS[s].streamed)
 _UNSAFE_WORD = re.compile(r"[^A-Za-z0-9_-]")
 
 
-def _word(text: str) -> str:
+def routing_word(text: str) -> str:
     """Percent-encode every byte that is not ``[A-Za-z0-9_-]``, so a word holds no '.'."""
     return _UNSAFE_WORD.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), text)
 
@@ -303,5 +318,5 @@ def routing_key(service: Service, sop_class_uid: str, calling_ae: str) -> str:
     (``MY.AE`` -> ``MY%2EAE``). An empty value becomes ``-``.
     """
     uid_word = sop_class_uid.strip().replace(".", "_") or "-"
-    ae_word = _word(calling_ae.strip()) or "-"
-    return f"{service.value}.{_word(uid_word)}.{ae_word}"
+    ae_word = routing_word(calling_ae.strip()) or "-"
+    return f"{service.value}.{routing_word(uid_word)}.{ae_word}"

@@ -1,22 +1,21 @@
 """The DICOM side: a pynetdicom SCP whose handlers ask the broker for every answer.
 
 Handlers run in pynetdicom's association threads. Each one encodes the request in that
-thread (the codec is pure), hops into the event loop once through :class:`~bridge.seam.Seam`
-to publish and await the reply, decodes the reply in that thread again, and returns what
-pynetdicom expects. Every failure on the way becomes the service's failure status with an
-Error Comment; a handler never raises, so pynetdicom never aborts an association on our
-account and the association stays usable after a failed request.
+thread (the codec is pure), hops into the event loop through :class:`~bridge.seam.Seam`
+to publish and await the reply (:class:`~bridge.conversation.Conversation`), decodes the
+reply in that thread again, and returns what pynetdicom expects. C-FIND, C-GET and C-MOVE
+stream (:mod:`bridge.retrieve`). Every failure on the way becomes the service's failure
+status with an Error Comment; a handler never raises, so pynetdicom never aborts an
+association on our account and the association stays usable after a failed request.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
@@ -30,12 +29,14 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from bridge import codec, sopclasses
+from bridge import codec, retrieve, sopclasses
+from bridge.bulkstore import DirectoryStore
 from bridge.codec import AssociationInfo
+from bridge.conversation import Conversation, Limits
 from bridge.errors import BridgeError, Failure
-from bridge.model import Service, routing_key
+from bridge.model import Service
 from bridge.seam import Seam
-from bridge.transport import Outbound, Transport, request_reply
+from bridge.transport import Transport
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -57,6 +58,9 @@ HandlerResult = Dataset | tuple[Dataset, Dataset | None]
 _EVENTS: dict[Service, evt.InterventionEvent] = {
     Service.C_ECHO: evt.EVT_C_ECHO,
     Service.C_STORE: evt.EVT_C_STORE,
+    Service.C_FIND: evt.EVT_C_FIND,
+    Service.C_GET: evt.EVT_C_GET,
+    Service.C_MOVE: evt.EVT_C_MOVE,
     Service.N_EVENT_REPORT: evt.EVT_N_EVENT_REPORT,
     Service.N_GET: evt.EVT_N_GET,
     Service.N_SET: evt.EVT_N_SET,
@@ -78,6 +82,14 @@ class BridgeSCP:
         )
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
+        self._store = DirectoryStore(settings.bulk_dir)
+        self._ae_table = settings.load_ae_table()
+        self._limits = Limits(
+            reply_timeout=settings.reply_timeout,
+            publish_timeout=settings.publish_timeout,
+            bulk_threshold=settings.bulk_threshold,
+            max_message_size=settings.max_message_size,
+        )
         self._ae = self._build_ae()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -110,7 +122,9 @@ class BridgeSCP:
         return len(self._ae.active_associations)
 
     def start(self) -> None:
-        """Listen. Raises OSError when the address cannot be bound."""
+        """Listen. Raises OSError when the address cannot be bound or the claim-check
+        directory cannot be written."""
+        self._store.ensure()
         handlers: list[evt.EventHandlerType] = [
             (event, self._handler(service)) for service, event in _EVENTS.items()
         ]
@@ -181,22 +195,45 @@ class BridgeSCP:
 
     # -- requests -------------------------------------------------------------------------
 
-    def _handler(self, service: Service) -> Callable[[Event], HandlerResult]:
-        def handle(event: Event) -> HandlerResult:
+    def conversation(self, event: Event, service: Service) -> Conversation:
+        """Start the exchange with the consumers for one request (no I/O yet)."""
+        return Conversation(
+            event,
+            service,
+            self._info(event.assoc),
+            transport=self._transport,
+            seam=self._seam,
+            store=self._store,
+            limits=self._limits,
+        )
+
+    def _handler(self, service: Service) -> Callable[[Event], Any]:
+        def handle(event: Event) -> Any:
+            if service is Service.C_FIND:
+                return retrieve.handle_find(event, self.conversation)
+            if service is Service.C_GET:
+                return retrieve.handle_get(event, self.conversation, self._store)
+            if service is Service.C_MOVE:
+                return retrieve.handle_move(event, self.conversation, self._store, self._ae_table)
             return self.handle(event, service)
 
         handle.__name__ = f"handle_{service.name.lower()}"
         return handle
 
     def handle(self, event: Event, service: Service) -> HandlerResult:
-        """Answer one request through the broker; never raises."""
+        """Answer one single-reply request through the broker; never raises."""
         spec = service.spec
-        started = time.perf_counter()
-        request_id = str(uuid.uuid4())
-        info: AssociationInfo | None = None
+        conversation: Conversation | None = None
         try:
-            info = self._info(event.assoc)
-            status, dataset = self._round_trip(event, service, request_id, info)
+            conversation = self.conversation(event, service)
+            reply = conversation.round_trip()
+            status, dataset = codec.reply_to_dimse(
+                reply,
+                spec,
+                request_instance_uid=conversation.envelope["request"].get(
+                    "affected_sop_instance_uid"
+                ),
+            )
         except BridgeError as exc:
             status = codec.status_dataset(
                 spec.failure_status(exc.failure), {"ErrorComment": exc.comment}
@@ -208,7 +245,7 @@ class BridgeSCP:
                 exc.failure.value,
                 exc.message,
                 status.Status,
-                extra=_extra(info, request_id),
+                extra=_extra(conversation),
             )
         except Exception:
             status = codec.status_dataset(
@@ -219,59 +256,35 @@ class BridgeSCP:
                 "%s failed: internal error; answered 0x%04X",
                 service.dimse_name,
                 status.Status,
-                extra=_extra(info, request_id),
+                extra=_extra(conversation),
             )
         else:
             log.debug(
                 "%s answered 0x%04X in %.1f ms",
                 service.dimse_name,
                 status.Status,
-                (time.perf_counter() - started) * 1000,
-                extra=_extra(info, request_id),
+                conversation.elapsed_ms(),
+                extra=_extra(conversation),
             )
+        finally:
+            if conversation is not None:
+                conversation.close()
         # pynetdicom wants a bare status where the response has no dataset (C-ECHO,
         # C-STORE, N-DELETE) and a (status, dataset) pair otherwise.
         if spec.reply_dataset is None:
             return status
         return status, dataset
 
-    def _round_trip(
-        self, event: Event, service: Service, request_id: str, info: AssociationInfo
-    ) -> tuple[Dataset, Dataset | None]:
-        settings = self._settings
-        now = datetime.now(UTC)
-        deadline = now + timedelta(seconds=settings.reply_timeout)
-        envelope = codec.build_envelope(
-            event, service, request_id=request_id, association=info, deadline=deadline
-        )
-        message = Outbound(
-            routing_key=routing_key(service, envelope["sop_class_uid"], info.calling_ae),
-            body=codec.dumps(envelope),
-            correlation_id=request_id,
-            type=service.value,
-            timestamp=now,
-            expiration=settings.reply_timeout,
-            headers=codec.headers(envelope, deadline),
-        )
-        body = self._seam.run(
-            request_reply(self._transport, message, settings.reply_timeout),
-            timeout=settings.publish_timeout + settings.reply_timeout + 1.0,
-        )
-        reply = codec.parse_reply(body, service.spec)
-        return codec.reply_to_dimse(
-            reply,
-            service.spec,
-            request_instance_uid=envelope["request"].get("affected_sop_instance_uid"),
-        )
-
 
 def _opt(value: Any) -> str | None:
     return str(value).strip() if value else None
 
 
-def _extra(info: AssociationInfo | None, request_id: str) -> dict[str, str]:
-    extra = {"correlation_id": request_id}
-    if info is not None:
-        extra["association_id"] = info.id
-        extra["calling_ae"] = info.calling_ae
-    return extra
+def _extra(conversation: Conversation | None) -> dict[str, str]:
+    if conversation is None:
+        return {}
+    return {
+        "correlation_id": conversation.id,
+        "association_id": conversation.info.id,
+        "calling_ae": conversation.info.calling_ae,
+    }

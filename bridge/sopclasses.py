@@ -9,23 +9,35 @@ A selection is a list of group names, SOP class keywords (pynetdicom's names suc
                   MPPS, Storage Commitment, UPS, Print Management, Instance Availability,
                   Media Creation, Application Event Logging, Display System, RT Machine
                   Verification, Inventory Creation
+``query-retrieve`` every C-FIND, C-GET and C-MOVE information model pynetdicom knows:
+                  Patient Root, Study Root, Patient/Study Only, Composite Instance Root,
+                  Modality Worklist, UPS Query, Relevant Patient Information, Hanging
+                  Protocol, Color Palette, Implant Template, Protocol Approval, Inventory...
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from pynetdicom import presentation, service_class_n
 from pynetdicom import sop_class as pynetdicom_sop_class
-from pynetdicom.service_class import ServiceClass, StorageServiceClass, VerificationServiceClass
+from pynetdicom.service_class import (
+    QueryRetrieveServiceClass,
+    RelevantPatientInformationQueryServiceClass,
+    ServiceClass,
+    StorageServiceClass,
+    VerificationServiceClass,
+)
+from pynetdicom.service_class_n import UnifiedProcedureStepServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from bridge.errors import ConfigError
 
 VERIFICATION = "1.2.840.10008.1.1"
 
-DEFAULT_SELECTION = ("verification", "storage", "n-services")
+DEFAULT_SELECTION = ("verification", "storage", "n-services", "query-retrieve")
 
 # Every service class pynetdicom implements with DIMSE-N: MPPS, Print, Storage Commitment...
 N_SERVICE_CLASSES = tuple(
@@ -37,6 +49,7 @@ N_SERVICE_CLASSES = tuple(
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
 
+@functools.cache
 def _known_uids() -> list[str]:
     return sorted(
         {
@@ -58,19 +71,32 @@ def _storage() -> list[str]:
 
 
 def _n_services() -> list[str]:
-    # UPS Query is C-FIND only; the Q/R services are not bridged by the N-service group.
+    # UPS Query is C-FIND only: it belongs to the query-retrieve group.
     return [
         uid
         for uid in _known_uids()
-        if issubclass(uid_to_service_class(uid), N_SERVICE_CLASSES)
-        and uid != "1.2.840.10008.5.1.4.34.6.5"
+        if issubclass(uid_to_service_class(uid), N_SERVICE_CLASSES) and uid != UPS_QUERY
     ]
 
 
-GROUPS = {
+UPS_QUERY = "1.2.840.10008.5.1.4.34.6.5"
+
+
+@functools.cache
+def _query_retrieve() -> list[str]:
+    query_classes = (QueryRetrieveServiceClass, RelevantPatientInformationQueryServiceClass)
+    return [
+        uid
+        for uid in _known_uids()
+        if issubclass(uid_to_service_class(uid), query_classes) or uid == UPS_QUERY
+    ]
+
+
+GROUPS: dict[str, Callable[[], list[str]]] = {
     "verification": lambda: [VERIFICATION],
     "storage": _storage,
     "n-services": _n_services,
+    "query-retrieve": _query_retrieve,
 }
 
 
@@ -110,3 +136,35 @@ def is_storage(uid: str) -> bool:
 
 def is_verification(uid: str) -> bool:
     return uid_to_service_class(uid) is VerificationServiceClass
+
+
+_MODEL_SUFFIX = re.compile(
+    r"(QueryRetrieveInformationModel|InformationModel|Information|Retrieve)?(Find|Move|Get)$"
+    r"|Query$"
+)
+_WORD = re.compile(r"(?<!^)(?=[A-Z])")
+
+# The Query/Retrieve Levels (0008,0052) each hierarchical model allows (PS3.4 C.6).
+LEVELS = {
+    "patient-root": ("PATIENT", "STUDY", "SERIES", "IMAGE"),
+    "study-root": ("STUDY", "SERIES", "IMAGE"),
+    "patient-study-only": ("PATIENT", "STUDY"),
+    "composite-instance-root": ("STUDY", "SERIES", "IMAGE", "FRAME"),
+}
+
+
+@functools.cache
+def query_model(uid: str) -> str | None:
+    """The information model of a C-FIND/C-GET/C-MOVE SOP class, as a kebab-case name
+    (``patient-root``, ``study-root``, ``modality-worklist``, ``unified-procedure-step``...);
+    None for SOP classes that are not query or retrieve models."""
+    if uid not in _query_retrieve() and not issubclass(
+        uid_to_service_class(uid), UnifiedProcedureStepServiceClass
+    ):
+        return None
+    name = next(
+        (n for n in dir(pynetdicom_sop_class) if getattr(pynetdicom_sop_class, n) == uid), ""
+    )
+    if name.startswith("UnifiedProcedureStep"):
+        return "unified-procedure-step"
+    return _WORD.sub("-", _MODEL_SUFFIX.sub("", name)).lower() or None

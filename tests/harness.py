@@ -188,7 +188,8 @@ def timed(function: Callable[[], T]) -> tuple[T, float]:
 
 
 class RawResponder:
-    """A consumer without the SDK: binds ``pattern`` and answers with ``reply(body)``.
+    """A consumer without the SDK: binds ``pattern`` and answers with ``reply(message)``:
+    one body, several (a stream, sent in order), or None for silence.
 
     Lets tests send replies the SDK would never produce (not JSON, bad fields...).
     """
@@ -196,7 +197,7 @@ class RawResponder:
     def __init__(
         self,
         exchange: str,
-        reply: Callable[[aio_pika.abc.AbstractIncomingMessage], bytes | None],
+        reply: Callable[[aio_pika.abc.AbstractIncomingMessage], bytes | list[bytes] | None],
         pattern: str = "#",
     ) -> None:
         self._loop = LoopThread("raw-responder")
@@ -215,12 +216,14 @@ class RawResponder:
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             self.messages.append(message)
-            body = self._reply(message)
-            if body is not None and message.reply_to:
-                await channel.default_exchange.publish(
-                    aio_pika.Message(body, correlation_id=message.correlation_id),
-                    routing_key=message.reply_to,
-                )
+            answer = self._reply(message)
+            bodies = [answer] if isinstance(answer, bytes) else answer or []
+            for body in bodies:
+                if message.reply_to:
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(body, correlation_id=message.correlation_id),
+                        routing_key=message.reply_to,
+                    )
             await message.ack()
 
         await queue.consume(on_message)

@@ -19,8 +19,24 @@ from tests.schemas import REPLY
 # affected_sop_instance_uid, N-GET allows attribute_identifier_list; error_id both.
 tags = st.lists(st.from_regex(r"\A[0-9A-Fa-f]{8}\Z"), max_size=3)
 uids = st.from_regex(r"\A(0|[1-9][0-9]{0,5})(\.(0|[1-9][0-9]{0,5})){1,5}\Z")
+destinations = st.fixed_dictionaries(
+    {"host": st.sampled_from(["", "h"]), "port": st.integers(-1, 70000)}
+)
+contexts = st.lists(
+    st.fixed_dictionaries(
+        {"abstract_syntax": uids, "transfer_syntaxes": st.lists(uids, max_size=2)}
+    ),
+    max_size=2,
+)
 values: Any = st.one_of(
-    st.none(), st.booleans(), st.integers(-2, 70000), st.text(max_size=70), tags, uids
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 70000),
+    st.text(max_size=70),
+    tags,
+    uids,
+    destinations,
+    contexts,
 )
 replies = st.dictionaries(
     st.sampled_from(
@@ -33,6 +49,10 @@ replies = st.dictionaries(
             "offending_element",
             "attribute_identifier_list",
             "affected_sop_instance_uid",
+            "sub_operations",
+            "transfer_syntax_uid",
+            "destination",
+            "presentation_contexts",
             "x-trace",
             "unknown",
         ]
@@ -43,7 +63,10 @@ replies = st.dictionaries(
 
 
 @settings(max_examples=400, deadline=None)
-@given(document=replies, service=st.sampled_from([Service.N_GET, Service.N_CREATE]))
+@given(
+    document=replies,
+    service=st.sampled_from([Service.N_GET, Service.N_CREATE, Service.C_MOVE, Service.C_FIND]),
+)
 def test_codec_never_accepts_what_the_schema_refuses(
     document: dict[str, Any], service: Service
 ) -> None:

@@ -37,7 +37,7 @@ def test_sop_classes_from_a_comma_separated_variable(monkeypatch: pytest.MonkeyP
     ]
 
 
-def test_default_selection_covers_storage_and_n_services() -> None:
+def test_default_selection_covers_storage_n_services_and_query_retrieve() -> None:
     uids = sopclasses.resolve(sopclasses.DEFAULT_SELECTION)
     assert "1.2.840.10008.1.1" in uids  # Verification
     assert "1.2.840.10008.5.1.4.1.1.2" in uids  # CT Image Storage
@@ -45,7 +45,9 @@ def test_default_selection_covers_storage_and_n_services() -> None:
     assert "1.2.840.10008.3.1.2.3.3" in uids  # MPPS
     assert "1.2.840.10008.5.1.4.34.6.1" in uids  # UPS Push
     assert "1.2.840.10008.5.1.1.1" in uids  # Basic Film Session
-    assert "1.2.840.10008.5.1.4.1.2.2.1" not in uids  # Study Root FIND: not bridged yet
+    assert "1.2.840.10008.5.1.4.1.2.2.1" in uids  # Study Root FIND
+    assert "1.2.840.10008.5.1.4.1.2.1.3" in uids  # Patient Root GET
+    assert "1.2.840.10008.5.1.4.31" in uids  # Modality Worklist FIND
     assert len(uids) == len(set(uids))
 
 

@@ -73,6 +73,13 @@ class Transport(Protocol):
         """
         ...
 
+    async def notify(self, message: Outbound) -> None:
+        """Publish a notification nobody has to receive (not mandatory), confirmed.
+
+        Raises :class:`bridge.errors.BrokerUnavailable` like :meth:`call`.
+        """
+        ...
+
 
 async def request_reply(transport: Transport, message: Outbound, timeout: float) -> bytes:
     """Publish ``message`` and return the first reply's body, within ``timeout`` seconds."""

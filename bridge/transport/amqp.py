@@ -167,12 +167,20 @@ class AmqpTransport:
             raise
         return call
 
+    async def notify(self, message: Outbound) -> None:
+        exchange = self._exchange
+        if exchange is None or not self.ready:
+            raise BrokerUnavailable("not connected to the broker")
+        await self._publish(exchange, message, mandatory=False)
+
     # -- internals ------------------------------------------------------------------------
 
     def _forget(self, correlation_id: str) -> None:
         self._calls.pop(correlation_id, None)
 
-    async def _publish(self, exchange: AbstractExchange, message: Outbound) -> None:
+    async def _publish(
+        self, exchange: AbstractExchange, message: Outbound, *, mandatory: bool = True
+    ) -> None:
         amqp_message = aio_pika.Message(
             message.body,
             content_type="application/json",
@@ -190,7 +198,7 @@ class AmqpTransport:
             await exchange.publish(
                 amqp_message,
                 message.routing_key,
-                mandatory=True,
+                mandatory=mandatory,
                 timeout=self._publish_timeout,
             )
         except aiormq.exceptions.PublishError:

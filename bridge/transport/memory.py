@@ -42,6 +42,7 @@ class MemoryTransport:
     def __init__(self, responder: Responder) -> None:
         self._responder = responder
         self.sent: list[Outbound] = []
+        self.notified: list[Outbound] = []
         self.calls: list[MemoryCall] = []
 
     @property
@@ -59,3 +60,6 @@ class MemoryTransport:
         call = MemoryCall(message.correlation_id, await self._responder(message))
         self.calls.append(call)
         return call
+
+    async def notify(self, message: Outbound) -> None:
+        self.notified.append(message)

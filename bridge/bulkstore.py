@@ -1,0 +1,103 @@
+"""Claim-check store for bulk data too large to travel inside a broker message.
+
+The bridge and its consumers share a directory (a volume in Kubernetes, mounted at the
+same path everywhere). A value above the threshold is written there once and the
+envelope or reply carries its ``file://`` URI as ``BulkDataURI`` (PS3.18 F.2.6), which any
+language can open. The interface is small so that an object store can stand in later.
+
+Ownership: the side that reads a value deletes it when done (the bridge deletes what it
+wrote for a request once the request is answered, and what a consumer wrote for a reply
+once it is sent on); :meth:`DirectoryStore.sweep` removes leftovers of crashed processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from bridge.errors import CodecError
+
+
+class BulkStore(Protocol):
+    def put(self, data: bytes) -> str:
+        """Store ``data``; return its URI."""
+        ...
+
+    def get(self, uri: str) -> bytes:
+        """The bytes behind ``uri``. Raises CodecError when it is unknown or unreadable."""
+        ...
+
+    def delete(self, uri: str) -> None:
+        """Forget ``uri``; a missing one is not an error."""
+        ...
+
+
+def path_of(uri: str) -> Path:
+    """The local path of a ``file://`` URI. Raises CodecError for other schemes."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        raise CodecError("BulkDataURI is not a local file:// URI")
+    return Path(unquote(parsed.path))
+
+
+def read_uri(uri: str) -> bytes:
+    """Read a ``file://`` BulkDataURI (consumers in any process can do the same)."""
+    try:
+        return path_of(uri).read_bytes()
+    except OSError:
+        raise CodecError("BulkDataURI cannot be read") from None
+
+
+class DirectoryStore:
+    """Files named by random UUIDs under ``root``; written via a temporary name and an
+    atomic rename, so a reader never sees half a value."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def ensure(self) -> None:
+        """Create the directory; raises OSError when it cannot be created or written."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = self.root / f".probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+
+    def put(self, data: bytes) -> str:
+        name = uuid.uuid4().hex
+        target = self.root / name
+        partial = self.root / f".{name}.partial"
+        with open(partial, "wb") as handle:
+            handle.write(data)
+        os.replace(partial, target)
+        return target.as_uri()
+
+    def get(self, uri: str) -> bytes:
+        # Only files of this store: a reply must not make the bridge read /etc/shadow.
+        if path_of(uri).parent != self.root:
+            raise CodecError("BulkDataURI is outside the bulk data directory")
+        return read_uri(uri)
+
+    def delete(self, uri: str) -> None:
+        try:
+            path = path_of(uri)
+        except CodecError:
+            return
+        if path.parent == self.root:
+            path.unlink(missing_ok=True)
+
+    def sweep(self, max_age: float) -> int:
+        """Delete files older than ``max_age`` seconds; returns how many."""
+        cutoff = time.time() - max_age
+        removed = 0
+        for entry in self.root.iterdir():
+            try:
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed

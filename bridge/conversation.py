@@ -1,0 +1,186 @@
+"""One DIMSE request's exchange with the consumers, driven from its handler thread.
+
+Builds the envelope (bulk data above the threshold goes to the claim-check store),
+publishes it, reads replies through the seam, and cleans up: forgets the correlation id
+and deletes the claim-check files it wrote. Every method raises only
+:class:`~bridge.errors.BridgeError` subclasses for failures the peer must hear about.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from bridge import codec
+from bridge.bulkstore import BulkStore
+from bridge.codec import AssociationInfo, Reply
+from bridge.errors import BrokerUnavailable, CodecError, ReplyTimeout
+from bridge.model import Service, routing_key
+from bridge.seam import Seam
+from bridge.transport import Call, Outbound, Transport, request_reply
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+log = logging.getLogger(__name__)
+
+CANCEL_POLL = 0.05
+"""Seconds between checks for a C-CANCEL while a streamed request waits for a reply."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    reply_timeout: float
+    publish_timeout: float
+    bulk_threshold: int
+    max_message_size: int
+
+
+class Conversation:
+    """Envelope out, replies in, for one request. Not thread-safe: one handler thread."""
+
+    def __init__(
+        self,
+        event: Event,
+        service: Service,
+        info: AssociationInfo,
+        *,
+        transport: Transport,
+        seam: Seam,
+        store: BulkStore,
+        limits: Limits,
+    ) -> None:
+        self.event = event
+        self.service = service
+        self.info = info
+        self.id = str(uuid.uuid4())
+        self.started = time.perf_counter()
+        self.envelope: dict[str, Any] = {}
+        self._transport = transport
+        self._seam = seam
+        self._store = store
+        self._limits = limits
+        self._call: Call | None = None
+        self._written: list[str] = []
+
+    # -- out ------------------------------------------------------------------------------
+
+    def _sink(self, tag: int, vr: str, value: bytes) -> str | None:
+        if len(value) <= self._limits.bulk_threshold:
+            return None
+        uri = self._store.put(value)
+        self._written.append(uri)
+        return uri
+
+    def _message(self) -> Outbound:
+        limits = self._limits
+        now = datetime.now(UTC)
+        deadline = now + timedelta(seconds=limits.reply_timeout)
+        try:
+            self.envelope = codec.build_envelope(
+                self.event,
+                self.service,
+                request_id=self.id,
+                association=self.info,
+                deadline=deadline,
+                bulk_data=self._sink,
+            )
+        except OSError as exc:
+            raise BrokerUnavailable(f"claim-check store: {exc.strerror or exc}") from exc
+        body = codec.dumps(self.envelope)
+        if len(body) > limits.max_message_size:
+            raise CodecError(f"envelope of {len(body)} bytes exceeds the max message size")
+        return Outbound(
+            routing_key=routing_key(
+                self.service, self.envelope["sop_class_uid"], self.info.calling_ae
+            ),
+            body=body,
+            correlation_id=self.id,
+            type=self.service.value,
+            timestamp=now,
+            expiration=limits.reply_timeout,
+            headers=codec.headers(self.envelope, deadline),
+        )
+
+    def round_trip(self) -> Reply:
+        """Publish and wait for the one reply, in a single hop into the loop."""
+        message = self._message()
+        limits = self._limits
+        body = self._seam.run(
+            request_reply(self._transport, message, limits.reply_timeout),
+            timeout=limits.publish_timeout + limits.reply_timeout + 1.0,
+        )
+        return codec.parse_reply(body, self.service.spec)
+
+    def publish(self) -> None:
+        """Publish the request of a streamed service; replies follow with :meth:`reply`."""
+        message = self._message()
+        self._call = self._seam.run(
+            self._transport.call(message), timeout=self._limits.publish_timeout + 1.0
+        )
+
+    # -- in -------------------------------------------------------------------------------
+
+    def reply(self, cancelled: Callable[[], bool]) -> Reply | None:
+        """The next reply, or None once ``cancelled()`` turns true (checked every
+        :data:`CANCEL_POLL` seconds while waiting). Raises ReplyTimeout when the consumer
+        stays silent for the reply timeout: the deadline runs between replies."""
+        assert self._call is not None, "publish() first"
+        timeout = self._limits.reply_timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            if cancelled():
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ReplyTimeout(f"no reply within {timeout:g} s")
+            wait = min(remaining, CANCEL_POLL)
+            try:
+                body = self._seam.run(self._call.next_reply(wait), timeout=wait + 1.0)
+            except ReplyTimeout:
+                continue
+            return codec.parse_reply(body, self.service.spec)
+
+    def notify_cancel(self) -> None:
+        """Tell consumers the peer cancelled (best effort: the peer is answered anyway)."""
+        if not self.envelope:
+            return
+        key, body = codec.cancel_notice(self.envelope)
+        message = Outbound(
+            routing_key=key,
+            body=body,
+            correlation_id=self.id,
+            type="cancel",
+            timestamp=datetime.now(UTC),
+            headers={"service": self.service.value, "cancels": self.id},
+        )
+        try:
+            self._seam.run(
+                self._transport.notify(message), timeout=self._limits.publish_timeout + 1.0
+            )
+        except Exception as exc:  # the peer's Cancel response does not depend on it
+            log.warning("cancel notice not published: %s", exc, extra={"correlation_id": self.id})
+
+    def close(self) -> None:
+        """Forget the correlation id (later replies are late) and delete claim-check files
+        this request wrote."""
+        call, self._call = self._call, None
+        if call is not None:
+            try:
+                self._seam.run(call.close(), timeout=2.0)
+            except Exception as exc:
+                log.warning("closing call failed: %s", exc, extra={"correlation_id": self.id})
+        for uri in self._written:
+            try:
+                self._store.delete(uri)
+            except OSError as exc:
+                log.warning("claim-check file not deleted: %s", exc.strerror)
+        self._written.clear()
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000

@@ -1,0 +1,168 @@
+"""What a consumer's handler returns, turned into reply bodies (consumer SDK side).
+
+Single-reply services: a status, a ``(status, dataset)`` pair or a :class:`Response`.
+C-FIND: an iterable of matches (Datasets, ``(status, dataset)`` pairs or Responses; a
+non-Pending Response ends the stream). C-GET and C-MOVE: an iterable of instances
+(Datasets with file meta, or paths of DICOM files), a :class:`Retrieval` that also names a
+C-MOVE destination, or a failure :class:`Response`.
+
+Pure apart from reading the instance files a retrieval names; runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from bridge import codec, dicomjson
+from bridge.model import Service
+
+PENDING = 0xFF00
+BulkSink = dicomjson.BulkDataSink
+
+
+@dataclass
+class Response:
+    """A reply with more than a status. Tags are ints (``0x00100010``)."""
+
+    status: int = 0x0000
+    dataset: Dataset | None = None
+    error_comment: str | None = None
+    error_id: int | None = None
+    offending_element: list[int] | None = None
+    attribute_identifier_list: list[int] | None = None
+    affected_sop_instance_uid: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.status in (0xFF00, 0xFF01)
+
+    def encode(self, bulk_data: BulkSink | None = None) -> bytes:
+        elements: dict[str, Any] = {
+            "error_comment": self.error_comment,
+            "error_id": self.error_id,
+            "offending_element": _tags(self.offending_element),
+            "attribute_identifier_list": _tags(self.attribute_identifier_list),
+            "affected_sop_instance_uid": self.affected_sop_instance_uid,
+        }
+        dataset = (
+            None
+            if self.dataset is None
+            else dicomjson.dataset_to_json(self.dataset, bulk_data=bulk_data)
+        )
+        return codec.build_reply(self.status, dataset=dataset, elements=elements)
+
+
+Instance = Dataset | str | os.PathLike[str]
+
+
+@dataclass
+class Retrieval:
+    """Instances for a C-GET or C-MOVE, and optionally where a C-MOVE sends them (when
+    the bridge's AE table does not know the Move Destination)."""
+
+    instances: Iterable[Instance]
+    destination: tuple[str, int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _tags(tags: list[int] | None) -> list[str] | None:
+    return None if tags is None else [codec.tag_text(t) for t in tags]
+
+
+def to_response(result: Any) -> Response:
+    """A single-reply handler's result as a Response."""
+    if isinstance(result, Response):
+        return result
+    if isinstance(result, tuple):
+        status, dataset = result
+        return Response(status=status, dataset=dataset)
+    if isinstance(result, int) and not isinstance(result, bool):
+        return Response(status=result)
+    raise TypeError(f"handler returned {type(result).__name__}; expected int, tuple, Response")
+
+
+def find_replies(result: Any, bulk_data: BulkSink | None = None) -> Iterator[bytes]:
+    """Reply bodies for a C-FIND handler's result: a Pending reply per match, then the
+    final one (Success unless the handler ended with another status)."""
+    if result is None:
+        result = ()
+    if isinstance(result, int | Response | tuple) and not isinstance(result, Dataset):
+        response = to_response(result)
+        yield response.encode(bulk_data)
+        if response.pending:
+            yield codec.build_reply(0x0000)
+        return
+    for item in result:
+        response = Response(PENDING, item) if isinstance(item, Dataset) else to_response(item)
+        yield response.encode(bulk_data)
+        if not response.pending:
+            return
+    yield codec.build_reply(0x0000)
+
+
+def _header(item: Instance) -> tuple[str, str]:
+    """(SOP Class UID, Transfer Syntax UID) of an instance, reading only its header."""
+    if isinstance(item, Dataset):
+        meta = getattr(item, "file_meta", None)
+        syntax = getattr(meta, "TransferSyntaxUID", None) or ExplicitVRLittleEndian
+        return str(item.SOPClassUID), str(syntax)
+    ds = dcmread(item, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    return str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)
+
+
+def _load(item: Instance) -> tuple[Dataset, str]:
+    if isinstance(item, Dataset):
+        return item, _header(item)[1]
+    ds = dcmread(item)
+    return ds, str(ds.file_meta.TransferSyntaxUID)
+
+
+def _contexts(items: list[Instance]) -> list[dict[str, Any]]:
+    """One presentation context per SOP class, with every transfer syntax it needs and
+    Explicit VR Little Endian, at most 128 (PS3.8 9.3.2.2)."""
+    by_class: dict[str, dict[str, None]] = {}
+    for item in items:
+        sop_class, syntax = _header(item)
+        by_class.setdefault(sop_class, {ExplicitVRLittleEndian: None})[syntax] = None
+    return [
+        {"abstract_syntax": sop_class, "transfer_syntaxes": list(syntaxes)}
+        for sop_class, syntaxes in list(by_class.items())[:128]
+    ]
+
+
+def retrieve_replies(
+    result: Any, service: Service, bulk_data: BulkSink | None = None
+) -> Iterator[bytes]:
+    """Reply bodies for a C-GET or C-MOVE handler's result: the announcement (number of
+    sub-operations; for C-MOVE the contexts to propose and any destination), one Pending
+    reply per instance, then Success. Instance files are read one at a time."""
+    if isinstance(result, Response | int):
+        yield to_response(result).encode()
+        return
+    retrieval = result if isinstance(result, Retrieval) else Retrieval(result or ())
+    items = list(retrieval.instances)
+    if not items:
+        yield codec.build_reply(0x0000)
+        return
+    first: dict[str, Any] = {"sub_operations": len(items), **retrieval.extra}
+    if service is Service.C_MOVE:
+        first["presentation_contexts"] = _contexts(items)
+        if retrieval.destination is not None:
+            host, port = retrieval.destination
+            first["destination"] = {"host": host, "port": port}
+    yield codec.build_reply(PENDING, elements=first)
+    for item in items:
+        dataset, syntax = _load(item)
+        yield codec.build_reply(
+            PENDING,
+            dataset=dicomjson.dataset_to_json(dataset, bulk_data=bulk_data),
+            elements={"transfer_syntax_uid": syntax},
+        )
+    yield codec.build_reply(0x0000)
