@@ -195,6 +195,10 @@ class ConsumerSettings(BrokerSettings):
         description="Queue the consumer declares and binds (a quorum queue).",
     )
     prefetch: int = Field(32, ge=1, le=65535, description="Requests handled concurrently.")
+    data_dir: Path = Field(
+        default_factory=lambda: _cache_dir() / "dicom-bridge" / "example-store",
+        description="Where the example consumer keeps the instances it receives.",
+    )
 
 
 def load(kind: type[S], **flags: Any) -> S:

@@ -36,6 +36,8 @@ import contextlib
 import inspect
 import logging
 import signal
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -66,6 +68,9 @@ from bridge.replies import (
 __all__ = ["Consumer", "Request", "Response", "Retrieval"]
 
 log = logging.getLogger(__name__)
+
+STREAM_WINDOW = 256
+"""Replies a streamed handler may produce ahead of their publication."""
 
 
 class Request:
@@ -213,8 +218,7 @@ class Consumer:
         self._reply_channel: AbstractChannel | None = None
         self._stream_channel: AbstractChannel | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._streaming: set[str] = set()
-        self._cancelled: set[str] = set()
+        self._streams: dict[str, _Pipe] = {}
         self._ready = asyncio.Event()
 
     def on(
@@ -406,36 +410,38 @@ class Consumer:
         notice or when the bridge is gone."""
         loop = asyncio.get_running_loop()
         correlation_id = message.correlation_id or request.id
-        self._streaming.add(correlation_id)
-        bodies: Iterator[bytes] | None = None
+        handler = registration.handler
+        if inspect.iscoroutinefunction(handler):
+            result = await handler(request)
+            bodies = _stream_bodies(request, lambda: result, self._sink)
+        else:
+            bodies = _stream_bodies(request, lambda: handler(request), self._sink)
+        pipe = _Pipe(loop, STREAM_WINDOW)
+        self._streams[correlation_id] = pipe
+        loop.run_in_executor(self._executor, pipe.run, bodies)
         try:
-            handler = registration.handler
-            if inspect.iscoroutinefunction(handler):
-                result = await handler(request)
-                bodies = _stream_bodies(request, lambda: result, self._sink)
-            else:
-                bodies = _stream_bodies(request, lambda: handler(request), self._sink)
-            while correlation_id not in self._cancelled:
-                try:
-                    body = await loop.run_in_executor(self._executor, next, bodies, None)
-                except Exception as exc:
-                    await self._publish_stream(message, self._failure_body(request, exc))
+            while True:
+                batch = await pipe.take()
+                if pipe.stopped:
+                    self.stats.cancelled += 1
+                    log.info(
+                        "%s stopped: cancelled by the peer or the bridge is gone",
+                        request.service.dimse_name,
+                        extra={"correlation_id": correlation_id},
+                    )
                     return
-                if body is None:
-                    self._count(request)
+                for body in batch:
+                    await self._publish_stream(message, body)
+                if not batch:  # the producer is done
+                    if pipe.error is not None:
+                        await self._publish_stream(message, self._failure_body(request, pipe.error))
+                    else:
+                        self._count(request)
                     return
-                await self._publish_stream(message, body)
-            self.stats.cancelled += 1
-            log.info(
-                "%s stopped: cancelled by the peer or the bridge is gone",
-                request.service.dimse_name,
-                extra={"correlation_id": correlation_id},
-            )
         finally:
-            self._streaming.discard(correlation_id)
-            self._cancelled.discard(correlation_id)
-            if isinstance(bodies, Generator):
-                await loop.run_in_executor(self._executor, bodies.close)
+            # The producer closes the handler's generator itself, when it next runs.
+            pipe.stop()
+            self._streams.pop(correlation_id, None)
 
     async def _publish_stream(self, message: AbstractIncomingMessage, body: bytes) -> None:
         channel = self._stream_channel
@@ -454,8 +460,9 @@ class Consumer:
 
     def _on_returned(self, channel: Any, message: AbstractIncomingMessage) -> None:
         self.stats.undeliverable_replies += 1
-        if message.correlation_id in self._streaming:
-            self._cancelled.add(message.correlation_id)
+        pipe = self._streams.get(message.correlation_id or "")
+        if pipe is not None:
+            pipe.stop()
 
     async def _on_cancel(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -464,8 +471,9 @@ class Consumer:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.warning("unusable cancel notice ignored")
             return
-        if target in self._streaming:
-            self._cancelled.add(target)
+        pipe = self._streams.get(target)
+        if pipe is not None:
+            pipe.stop()
 
     async def _reply(self, message: AbstractIncomingMessage, body: bytes) -> None:
         channel = self._reply_channel
@@ -496,6 +504,75 @@ def _run_single(handler: Handler, request: Request, sink: BulkSink) -> bytes:
     if inspect.isawaitable(result):
         raise TypeError("handler returned an awaitable: declare it with async def")
     return to_response(result).encode(sink)
+
+
+class _Pipe:
+    """Reply bodies from the thread that runs a streamed handler to the event loop.
+
+    The producer thread waits for the loop only when ``window`` bodies are unpublished and
+    wakes the loop only when the pipe was empty, so a fast handler costs one wake-up per
+    batch, and a slow one still gets each body out at once.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, window: int) -> None:
+        self._loop = loop
+        self._window = window
+        self._items: deque[bytes] = deque()
+        self._cond = threading.Condition()
+        self._wake = asyncio.Event()
+        self.done = False
+        self.stopped = False
+        self.error: Exception | None = None
+
+    def _signal(self) -> None:
+        self._loop.call_soon_threadsafe(self._wake.set)
+
+    def run(self, bodies: Iterator[bytes]) -> None:
+        """Producer side: iterate ``bodies`` (the handler runs here) until done or
+        stopped; always closes the iterator."""
+        try:
+            for body in bodies:
+                with self._cond:
+                    while len(self._items) >= self._window and not self.stopped:
+                        self._cond.wait()
+                    if self.stopped:
+                        break
+                    self._items.append(body)
+                    first = len(self._items) == 1
+                if first:
+                    self._signal()
+        except Exception as exc:
+            self.error = exc
+        finally:
+            if isinstance(bodies, Generator):
+                bodies.close()
+            with self._cond:
+                self.done = True
+            self._signal()
+
+    async def take(self) -> list[bytes]:
+        """Loop side: the bodies produced so far; empty once the producer is done (or
+        the pipe stopped) and everything was taken."""
+        while True:
+            with self._cond:
+                if self.stopped:
+                    return []
+                if self._items:
+                    batch = list(self._items)
+                    self._items.clear()
+                    self._cond.notify_all()
+                    return batch
+                if self.done:
+                    return []
+                self._wake.clear()
+            await self._wake.wait()
+
+    def stop(self) -> None:
+        """Stop the stream from the loop: the producer stops at its next body."""
+        with self._cond:
+            self.stopped = True
+            self._cond.notify_all()
+        self._wake.set()
 
 
 def _stream_bodies(request: Request, produce: Callable[[], Any], sink: BulkSink) -> Iterator[bytes]:

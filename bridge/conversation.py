@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 CANCEL_POLL = 0.05
 """Seconds between checks for a C-CANCEL while a streamed request waits for a reply."""
+BACKLOG_LIMIT = 64
+"""Replies of a stream fetched from the loop in one hop when they are already there."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Conversation:
         self._store = store
         self._limits = limits
         self._call: Call | None = None
+        self._backlog: deque[bytes] = deque()
         self._written: list[str] = []
 
     # -- out ------------------------------------------------------------------------------
@@ -133,7 +137,7 @@ class Conversation:
         assert self._call is not None, "publish() first"
         timeout = self._limits.reply_timeout
         deadline = time.monotonic() + timeout
-        while True:
+        while not self._backlog:
             if cancelled():
                 return None
             remaining = deadline - time.monotonic()
@@ -141,10 +145,14 @@ class Conversation:
                 raise ReplyTimeout(f"no reply within {timeout:g} s")
             wait = min(remaining, CANCEL_POLL)
             try:
-                body = self._seam.run(self._call.next_reply(wait), timeout=wait + 1.0)
+                self._backlog.extend(
+                    self._seam.run(self._call.next_replies(wait, BACKLOG_LIMIT), timeout=wait + 1.0)
+                )
             except ReplyTimeout:
                 continue
-            return codec.parse_reply(body, self.service.spec)
+        if cancelled():
+            return None
+        return codec.parse_reply(self._backlog.popleft(), self.service.spec)
 
     def notify_cancel(self) -> None:
         """Tell consumers the peer cancelled (best effort: the peer is answered anyway)."""

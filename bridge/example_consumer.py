@@ -1,46 +1,129 @@
-"""The example consumer: logs each request and answers Success.
+"""The example consumer: a tiny PACS behind the bridge.
 
-Started with ``dicom-bridge example-consumer``; the README's quick start uses it for a
-full round trip. It answers every single-reply service; an N-CREATE without an Affected
-SOP Instance UID gets a fresh one, as PS3.7 10.1.5.1.4 requires of the SCP.
+Started with ``dicom-bridge example-consumer``. It logs one line per request, keeps what
+it receives by C-STORE in ``--data-dir`` with an in-memory index (:mod:`bridge.qrindex`),
+answers C-FIND from that index and C-GET/C-MOVE with the stored files, and answers every
+other service with Success. An N-CREATE without an Affected SOP Instance UID gets a fresh
+one, as PS3.7 10.1.5.1.4 requires of the SCP. The README's quick start uses it for
+store -> find -> get -> move.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from bridge.config import ConsumerSettings
 from bridge.consumer import Consumer, Request, Response
-from bridge.model import SINGLE_REPLY_SERVICES, Service
+from bridge.model import Service
+from bridge.qrindex import Index, QueryError, QueryModel, query_model
 
 log = logging.getLogger("bridge.example")
 
 
-def answer(request: Request) -> Response:
-    command = request.command
+def _log(request: Request) -> None:
     # Identifiers only: UIDs and AE titles, never dataset values (no patient data at INFO).
     log.info(
         "%s %s from %s, message %s",
         request.service.dimse_name,
         request.sop_class_uid,
         request.calling_ae or "-",
-        command.get("message_id"),
+        request.command.get("message_id"),
         extra={"correlation_id": request.id},
     )
     if log.isEnabledFor(logging.DEBUG):
         log.debug("envelope: %s", orjson.dumps(request.envelope).decode())
-    if request.service is Service.N_CREATE and not command.get("affected_sop_instance_uid"):
-        return Response(affected_sop_instance_uid=str(generate_uid()))
-    return Response()
 
 
-def build(settings: ConsumerSettings) -> Consumer:
+def _model(request: Request) -> QueryModel:
+    model = query_model(request.sop_class_uid)
+    if model is None:
+        raise QueryError(0xC000, "information model not supported by the example")
+    return model
+
+
+def _refusal(request: Request, exc: QueryError) -> Response:
+    # 0x0122 (SOP class not supported) is a C-MOVE status only; C-FIND and C-GET say
+    # "unable to process" instead.
+    allowed = request.service.spec.statuses.allows(exc.status)
+    return Response(exc.status if allowed else 0xC000, error_comment=exc.comment)
+
+
+class ExampleConsumer:
+    """Handlers for every service, around one index."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.index = Index(data_dir)
+
+    def store(self, request: Request) -> Response:
+        _log(request)
+        dataset, meta = request.dataset, request.file_meta
+        if dataset is None or meta is None:
+            return Response(0xA900, error_comment="C-STORE without a data set")
+        try:
+            self.index.add(dataset, meta)
+        except ValueError as exc:
+            return Response(0xA900, error_comment=str(exc)[:64])
+        except OSError as exc:
+            log.error("cannot store instance: %s", exc.strerror)
+            return Response(0xA700, error_comment="out of resources: cannot write")
+        return Response()
+
+    def find(self, request: Request) -> Iterator[Dataset | Response]:
+        _log(request)
+        identifier = request.identifier
+        if identifier is None:
+            yield Response(0xA900, error_comment="C-FIND without an identifier")
+            return
+        try:
+            yield from self.index.find(identifier, _model(request))
+        except QueryError as exc:
+            yield _refusal(request, exc)
+
+    def retrieve(self, request: Request) -> list[Path] | Response:
+        _log(request)
+        identifier = request.identifier
+        if identifier is None:
+            return Response(0xA900, error_comment="no identifier")
+        try:
+            return self.index.retrieve(identifier, _model(request))
+        except QueryError as exc:
+            return _refusal(request, exc)
+
+    def other(self, request: Request) -> Response:
+        _log(request)
+        if request.service is Service.N_CREATE and not request.command.get(
+            "affected_sop_instance_uid"
+        ):
+            return Response(affected_sop_instance_uid=str(generate_uid()))
+        return Response()
+
+
+def build(settings: ConsumerSettings, *, exclusive: bool = False) -> Consumer:
+    """The example consumer; ``exclusive`` gives a queue that vanishes with it (tests)."""
     consumer = Consumer(
-        settings.amqp_url, settings.exchange, settings.queue, prefetch=settings.prefetch
+        settings.amqp_url,
+        settings.exchange,
+        settings.queue,
+        prefetch=settings.prefetch,
+        exclusive=exclusive,
+        bulk_dir=settings.bulk_dir,
+        bulk_threshold=settings.bulk_threshold,
     )
-    for service in SINGLE_REPLY_SERVICES:
-        consumer.add(service, answer)
+    example = ExampleConsumer(settings.data_dir)
+    for service in Service:
+        if service is Service.C_STORE:
+            consumer.add(service, example.store)
+        elif service is Service.C_FIND:
+            consumer.add(service, example.find)
+        elif service in (Service.C_GET, Service.C_MOVE):
+            consumer.add(service, example.retrieve)
+        else:
+            consumer.add(service, example.other)
+    log.info("example store at %s holds %d instances", settings.data_dir, len(example.index))
     return consumer

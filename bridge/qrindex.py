@@ -32,7 +32,10 @@ supported). Attributes are placed on levels by the Patient, Study and Series mod
 PS3.3 (with the Patient attributes on the STUDY level in Study Root, C.6.2.1); any other
 attribute belongs to the IMAGE level. At IMAGE level every attribute of the instance can
 be matched; at higher levels an attribute that this module does not place on a level is
-an unsupported optional key: not matched, returned with zero length.
+an unsupported optional key: not matched, returned with zero length. Instances with an
+empty Patient ID form one patient at the PATIENT level, but Patient Root cannot reach
+below it (a unique key above the level needs a value); Study Root can. A key value that
+is not valid for its VR (a UID, date, time or number) fails with 0xA900.
 
 Attribute matching (C.2.2.2):
 - Single Value Matching (C.2.2.2.1): exact and case-sensitive, except PN: C.2.2.2.1 lets
@@ -47,7 +50,8 @@ Attribute matching (C.2.2.2):
   wild card key of only "*" (C.2.2.2.4 Note); an entity whose value is empty matches no
   other key value.
 - Wild Card Matching (C.2.2.2.4): "*" and "?" on characters (not bytes) for AE, CS, LO,
-  LT, PN, SH, ST, UC, UR and UT only; in any other VR they are plain characters.
+  LT, PN, SH, ST, UC, UR and UT only (C.2.2.2.4 lists them); in AS they are plain
+  characters, and a UID, date or time holding them is invalid (0xA900).
 - Range Matching (C.2.2.2.5): DA, TM, DT as "a-b", "-b", "a-"; a value with less
   precision stands for its whole span ("2020" is all of that year), and an entity matches
   when its span meets the range. A DT value's UTC offset is honoured, else the Timezone
@@ -170,6 +174,12 @@ class QueryError(Exception):
 
     The comment names attributes by tag, never by value, so it holds no patient data.
     """
+
+    status: int
+    """The DIMSE status: 0xA900 (Identifier does not match SOP Class), 0xC000 (Unable to
+    process) or 0x0122 (SOP Class not supported)."""
+    comment: str
+    """The Error Comment (0000,0902): at most 64 characters."""
 
     def __init__(self, status: int, comment: str) -> None:
         comment = comment[:64]  # Error Comment (0000,0902) is LO
@@ -917,9 +927,9 @@ def _record(dataset: Dataset, transfer_syntax: str, path: Path) -> _Record:
 class _Entity:
     """A matching candidate at the query level: the records under one entity."""
 
-    level: _Level
     members: list[_Record]
-    snapshot: list[_Record]
+    patients: Callable[[], dict[str, list[_Record]]]
+    """The snapshot's records by Patient ID, made on first use."""
     computed: dict[int, DataElement] = field(default_factory=dict)
 
     @property
@@ -938,7 +948,7 @@ class _Entity:
         members = self.members
         value: Any
         if tag in _PATIENT_COUNTS:
-            patient = [r for r in self.snapshot if r.patient_id == rep.patient_id]
+            patient = self.patients()[rep.patient_id]
             value = _count(patient, _PATIENT_COUNTS[tag])
         elif tag in _ENTITY_COUNTS:
             value = _count(members, _ENTITY_COUNTS[tag])
@@ -1055,11 +1065,12 @@ class Index:
         """
         if not isinstance(identifier, Dataset):
             raise _invalid("the identifier is not a dataset")
+        model = _model(model)
         if model is QueryModel.MODALITY_WORKLIST:
             return iter(())  # the example holds no scheduled procedure steps
         if model is QueryModel.COMPOSITE_INSTANCE_ROOT:
             raise QueryError(SOP_CLASS_NOT_SUPPORTED, "the model supports no C-FIND")
-        plan = self._plan_find(identifier, QueryModel(model))
+        plan = self._plan_find(identifier, model)
         with self._lock:
             snapshot = list(self._records.values())
         return self._matches(plan, snapshot)
@@ -1068,9 +1079,9 @@ class Index:
         """The files a C-GET or C-MOVE request identifier selects, in storage order."""
         if not isinstance(identifier, Dataset):
             raise _invalid("the identifier is not a dataset")
+        model = _model(model)
         if model is QueryModel.MODALITY_WORKLIST:
             raise QueryError(SOP_CLASS_NOT_SUPPORTED, "the model supports no retrieval")
-        model = QueryModel(model)
         level = _query_level(identifier, model)
         selection: list[tuple[_Level, set[str]]] = []
         for above in _MODEL_LEVELS[model]:
@@ -1092,9 +1103,10 @@ class Index:
     def _plan_find(identifier: Dataset, model: QueryModel) -> _Find:
         level = _query_level(identifier, model)
         levels = _MODEL_LEVELS[model]
-        offset = 0
+        offset = 0  # C.4.1.1.3.1: the identifier's times are in this offset from UTC
         if TIMEZONE_OFFSET in identifier:
-            parsed = _offset(_text(_element(identifier, TIMEZONE_OFFSET).value or ""))
+            text = _text(_element(identifier, TIMEZONE_OFFSET).value or "").strip(" ")
+            parsed = _offset(text) if text else 0  # empty: only asked to return it
             if parsed is None:
                 raise _invalid(f"invalid value in {TIMEZONE_OFFSET}")
             offset = parsed
@@ -1126,12 +1138,20 @@ class Index:
 
     @staticmethod
     def _matches(plan: _Find, snapshot: list[_Record]) -> Iterator[Dataset]:
+        by_patient: dict[str, list[_Record]] = {}
+
+        def patients() -> dict[str, list[_Record]]:
+            if not by_patient:
+                for record in snapshot:
+                    by_patient.setdefault(record.patient_id, []).append(record)
+            return by_patient
+
         entities: dict[str, list[_Record]] = {}
         for record in snapshot:
             if all(record.key(lv) == value for lv, value in plan.above):
                 entities.setdefault(record.key(plan.level), []).append(record)
         for members in entities.values():
-            entity = _Entity(plan.level, members, snapshot)
+            entity = _Entity(members, patients)
             offset = entity.representative.offset
             if all(
                 key.test is None or key.test(entity.element(key.tag), offset) for key in plan.keys
@@ -1155,6 +1175,14 @@ def _response(plan: _Find, entity: _Entity) -> Dataset:
     return response
 
 
+def _model(model: QueryModel | str | None) -> QueryModel:
+    """The model; also from its name (``"study-root"``), as the bridge's envelope has it."""
+    try:
+        return QueryModel(str(model))
+    except ValueError:
+        raise QueryError(SOP_CLASS_NOT_SUPPORTED, "the model is not supported") from None
+
+
 def _query_level(identifier: Dataset, model: QueryModel) -> _Level:
     if QUERY_RETRIEVE_LEVEL not in identifier:
         raise _invalid("Query/Retrieve Level (0008,0052) is missing")
@@ -1164,7 +1192,7 @@ def _query_level(identifier: Dataset, model: QueryModel) -> _Level:
         raise QueryError(UNABLE_TO_PROCESS, "frame-level retrieval is not supported")
     level = _Level.__members__.get(text)
     if level is None or level not in _MODEL_LEVELS[model]:
-        raise _invalid("Query/Retrieve Level is not one of the model")
+        raise _invalid("Query/Retrieve Level is not a level of this model")
     return level
 
 

@@ -17,15 +17,15 @@ from tests.harness import (
 )
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+@pytest.fixture(scope="session")
+def broker() -> None:
+    """Tests that talk to RabbitMQ fail at once, and say why, when it is down."""
     if not broker_reachable():
-        raise pytest.UsageError(
-            "RabbitMQ is not reachable on 127.0.0.1:5672: start it (rabbitmq-server -detached)"
-        )
+        pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672: run rabbitmq-server -detached")
 
 
 @pytest.fixture
-def exchange() -> Iterator[str]:
+def exchange(broker: None) -> Iterator[str]:
     """A fresh topic exchange per test, deleted afterwards."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name

@@ -129,7 +129,7 @@ def test_invalid_configuration_fails_early_and_clearly(
 
 
 @pytest.fixture
-def cli_exchange() -> Iterator[str]:
+def cli_exchange(broker: None) -> Iterator[str]:
     name = f"test-cli-{uuid.uuid4().hex[:8]}"
     yield name
     delete_exchange(name)

@@ -37,8 +37,9 @@ class Call(Protocol):
     @property
     def correlation_id(self) -> str: ...
 
-    async def next_reply(self, timeout: float) -> bytes:
-        """The body of the next reply.
+    async def next_replies(self, timeout: float, limit: int = 1) -> list[bytes]:
+        """The bodies of the next replies: at least one, at most ``limit``, without waiting
+        for more once one has arrived (a stream's backlog comes in one hop).
 
         Raises :class:`bridge.errors.ReplyTimeout` when none arrives within ``timeout``
         seconds, :class:`bridge.errors.BrokerUnavailable` when the connection is lost.
@@ -85,6 +86,7 @@ async def request_reply(transport: Transport, message: Outbound, timeout: float)
     """Publish ``message`` and return the first reply's body, within ``timeout`` seconds."""
     call = await transport.call(message)
     try:
-        return await call.next_reply(timeout)
+        (body,) = await call.next_replies(timeout)
+        return body
     finally:
         await call.close()

@@ -76,14 +76,26 @@ class AmqpCall:
     def _deliver(self, item: _Item) -> None:
         self._queue.put_nowait(item)
 
-    async def next_reply(self, timeout: float) -> bytes:
-        try:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            raise ReplyTimeout(f"no reply within {timeout:g} s") from None
-        if isinstance(item, BaseException):
-            raise item
-        return item
+    async def next_replies(self, timeout: float, limit: int = 1) -> list[bytes]:
+        if self._queue.empty():
+            try:
+                first = await asyncio.wait_for(self._queue.get(), timeout)
+            except TimeoutError:
+                raise ReplyTimeout(f"no reply within {timeout:g} s") from None
+        else:
+            first = self._queue.get_nowait()
+        items = [first]
+        while len(items) < limit and not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        bodies: list[bytes] = []
+        for item in items:
+            if isinstance(item, BaseException):
+                if bodies:  # hand over what came before the failure; it raises next time
+                    self._queue.put_nowait(item)
+                    break
+                raise item
+            bodies.append(item)
+        return bodies
 
     async def close(self) -> None:
         self._transport._forget(self._id)

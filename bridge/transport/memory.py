@@ -26,11 +26,12 @@ class MemoryCall:
     def correlation_id(self) -> str:
         return self._id
 
-    async def next_reply(self, timeout: float) -> bytes:
+    async def next_replies(self, timeout: float, limit: int = 1) -> list[bytes]:
         if not self._replies:
             await asyncio.sleep(timeout)
             raise ReplyTimeout(f"no reply within {timeout:g} s")
-        return self._replies.pop(0)
+        taken, self._replies = self._replies[:limit], self._replies[limit:]
+        return taken
 
     async def close(self) -> None:
         self.closed = True
