@@ -129,6 +129,19 @@ class BridgeSettings(BrokerSettings):
     network_timeout: float = Field(
         60.0, gt=0, description="Seconds an idle association stays open before it is aborted."
     )
+    http_host: str = Field("0.0.0.0", description="Address of the HTTP port.")
+    http_port: int = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="HTTP port serving /healthz, /readyz and /metrics (0 picks a free one).",
+    )
+    drain_timeout: float = Field(
+        20.0,
+        ge=0,
+        description="On SIGTERM: seconds to wait for peers to finish their associations "
+        "before the rest are answered 'shutting down' and aborted.",
+    )
     ae_table: Path | None = Field(
         None,
         description="JSON or YAML file mapping AE titles to host and port, for C-MOVE "

@@ -38,7 +38,7 @@ import logging
 import signal
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,7 +52,7 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from pydicom.dataset import Dataset
 
-from bridge import codec, dicomjson
+from bridge import codec, dicomjson, tracing
 from bridge.bulkstore import DirectoryStore, read_uri
 from bridge.errors import CodecError, Failure
 from bridge.model import Service, routing_word
@@ -76,9 +76,11 @@ STREAM_WINDOW = 256
 class Request:
     """One DIMSE request as a consumer sees it. Datasets decode on first access."""
 
-    def __init__(self, envelope: dict[str, Any]) -> None:
+    def __init__(self, envelope: dict[str, Any], headers: Mapping[str, Any] | None = None) -> None:
         self.envelope = envelope
         self.service = Service(envelope["service"])
+        self.headers: Mapping[str, Any] = headers or {}
+        """The AMQP headers: routing facts, CloudEvents attributes, ``traceparent``."""
 
     @property
     def id(self) -> str:
@@ -344,7 +346,7 @@ class Consumer:
             log.warning("request past its deadline skipped", extra=_ids(message))
             return
         try:
-            request = Request(codec.parse_envelope(message.body))
+            request = Request(codec.parse_envelope(message.body), message.headers)
         except CodecError as exc:
             self.stats.failed += 1
             log.warning("unusable envelope: %s", exc.message, extra=_ids(message))
@@ -391,7 +393,8 @@ class Consumer:
         handler = registration.handler
         try:
             if inspect.iscoroutinefunction(handler):
-                result = await handler(request)
+                with tracing.consumer_span(request.service.dimse_name, request.headers):
+                    result = await handler(request)
                 body = to_response(result).encode(self._sink)
             else:
                 loop = asyncio.get_running_loop()
@@ -500,7 +503,8 @@ class Consumer:
 
 
 def _run_single(handler: Handler, request: Request, sink: BulkSink) -> bytes:
-    result = handler(request)
+    with tracing.consumer_span(request.service.dimse_name, request.headers):
+        result = handler(request)
     if inspect.isawaitable(result):
         raise TypeError("handler returned an awaitable: declare it with async def")
     return to_response(result).encode(sink)
@@ -577,10 +581,11 @@ class _Pipe:
 
 def _stream_bodies(request: Request, produce: Callable[[], Any], sink: BulkSink) -> Iterator[bytes]:
     """The reply bodies of a streamed request; the handler runs on the first next()."""
-    if request.service is Service.C_FIND:
-        yield from find_replies(produce(), sink)
-    else:
-        yield from retrieve_replies(produce(), request.service, sink)
+    with tracing.consumer_span(request.service.dimse_name, request.headers):
+        if request.service is Service.C_FIND:
+            yield from find_replies(produce(), sink)
+        else:
+            yield from retrieve_replies(produce(), request.service, sink)
 
 
 def _ids(message: AbstractIncomingMessage) -> dict[str, str]:

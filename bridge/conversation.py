@@ -8,19 +8,23 @@ and deletes the claim-check files it wrote. Every method raises only
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bridge import codec
+from bridge import codec, tracing
 from bridge.bulkstore import BulkStore
 from bridge.codec import AssociationInfo, Reply
-from bridge.errors import BrokerUnavailable, CodecError, ReplyTimeout
+from bridge.errors import BrokerUnavailable, CodecError, Failure, ReplyTimeout
+from bridge.logging import request_context
+from bridge.metrics import Metrics
 from bridge.model import Service, routing_key
 from bridge.seam import Seam
 from bridge.transport import Call, Outbound, Transport, request_reply
@@ -57,6 +61,7 @@ class Conversation:
         seam: Seam,
         store: BulkStore,
         limits: Limits,
+        metrics: Metrics | None = None,
     ) -> None:
         self.event = event
         self.service = service
@@ -68,7 +73,9 @@ class Conversation:
         self._seam = seam
         self._store = store
         self._limits = limits
+        self._metrics = metrics
         self._call: Call | None = None
+        self._span = contextlib.ExitStack()
         self._backlog: deque[bytes] = deque()
         self._written: list[str] = []
 
@@ -97,8 +104,13 @@ class Conversation:
         except OSError as exc:
             raise BrokerUnavailable(f"claim-check store: {exc.strerror or exc}") from exc
         body = codec.dumps(self.envelope)
+        if self._metrics is not None:
+            self._metrics.sent(len(body))
         if len(body) > limits.max_message_size:
             raise CodecError(f"envelope of {len(body)} bytes exceeds the max message size")
+        headers = codec.headers(self.envelope, deadline)
+        # The span lasts until close(): the trace shows the whole round trip.
+        self._span.enter_context(tracing.producer_span(self.service.dimse_name, headers))
         return Outbound(
             routing_key=routing_key(
                 self.service, self.envelope["sop_class_uid"], self.info.calling_ae
@@ -108,7 +120,7 @@ class Conversation:
             type=self.service.value,
             timestamp=now,
             expiration=limits.reply_timeout,
-            headers=codec.headers(self.envelope, deadline),
+            headers=headers,
         )
 
     def round_trip(self) -> Reply:
@@ -119,6 +131,11 @@ class Conversation:
             request_reply(self._transport, message, limits.reply_timeout),
             timeout=limits.publish_timeout + limits.reply_timeout + 1.0,
         )
+        return self._parse(body)
+
+    def _parse(self, body: bytes) -> Reply:
+        if self._metrics is not None:
+            self._metrics.received(len(body))
         return codec.parse_reply(body, self.service.spec)
 
     def publish(self) -> None:
@@ -152,10 +169,22 @@ class Conversation:
                 continue
         if cancelled():
             return None
-        return codec.parse_reply(self._backlog.popleft(), self.service.spec)
+        return self._parse(self._backlog.popleft())
+
+    def logging_context(self) -> AbstractContextManager[None]:
+        """Log lines in this block name the association and the request."""
+        return request_context(
+            association_id=self.info.id, correlation_id=self.id, calling_ae=self.info.calling_ae
+        )
+
+    def failed(self, failure: Failure) -> None:
+        if self._metrics is not None:
+            self._metrics.failed(self.service, failure)
 
     def notify_cancel(self) -> None:
         """Tell consumers the peer cancelled (best effort: the peer is answered anyway)."""
+        if self._metrics is not None:
+            self._metrics.cancels.labels(self.service.value).inc()
         if not self.envelope:
             return
         key, body = codec.cancel_notice(self.envelope)
@@ -189,6 +218,12 @@ class Conversation:
             except OSError as exc:
                 log.warning("claim-check file not deleted: %s", exc.strerror)
         self._written.clear()
+        self._span.close()
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
+
+    def finished(self) -> None:
+        """Record how long the request took (streams: until the last answer)."""
+        if self._metrics is not None:
+            self._metrics.duration.labels(self.service.value).observe(self.elapsed_ms() / 1000)

@@ -1,19 +1,49 @@
 """Logging set-up: one line per record, text for people or JSON for pipelines.
 
-Records may carry ``association_id``, ``correlation_id`` and ``calling_ae`` (passed as
-``extra``); both formats print them. Nothing here adds dataset values: callers never log
-them at INFO or above (no patient data in logs).
+Records carry ``association_id``, ``correlation_id`` and ``calling_ae``: from ``extra``,
+or else from the context of the request the logging thread is serving (:func:`request_context`,
+set by the SCP's handlers), so every line logged while a request is handled says which
+association and request it belongs to, pynetdicom's lines included. Nothing here adds
+dataset values: callers never log them at INFO or above (no patient data in logs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 import orjson
 
 CONTEXT_FIELDS = ("association_id", "correlation_id", "calling_ae")
+_CONTEXT: ContextVar[dict[str, str] | None] = ContextVar("bridge_log_context", default=None)
+
+
+@contextlib.contextmanager
+def request_context(**fields: str) -> Iterator[None]:
+    """Log lines of this thread (or task) carry ``fields`` until the block ends."""
+    previous = _CONTEXT.get()
+    token = _CONTEXT.set({**(previous or {}), **fields})
+    try:
+        yield
+    finally:
+        try:
+            _CONTEXT.reset(token)
+        except ValueError:  # a generator closed from another context: restore by value
+            _CONTEXT.set(previous)
+
+
+class ContextFilter(logging.Filter):
+    """Adds the request context to records that do not carry the fields already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in (_CONTEXT.get() or {}).items():
+            if getattr(record, name, None) is None:
+                setattr(record, name, value)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -62,6 +92,7 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     """Send every log record to stderr in ``fmt``; quiet the chatty libraries."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -45,6 +45,9 @@ FindResult = tuple[Dataset | int, Dataset | None]
 def _failure(conversation: Conversation | None, service: Service, exc: Exception) -> Dataset:
     """The failure status for ``exc``, logged once; internal errors with a traceback."""
     extra = {"correlation_id": conversation.id} if conversation else {}
+    failure = exc.failure if isinstance(exc, BridgeError) else Failure.INTERNAL
+    if conversation is not None:
+        conversation.failed(failure)
     if isinstance(exc, BridgeError):
         status = service.spec.failure_status(exc.failure)
         log.warning(
@@ -75,24 +78,34 @@ def handle_find(event: Event, start: Start) -> Iterator[FindResult]:
     conversation: Conversation | None = None
     try:
         conversation = start(event, service)
-        conversation.publish()
-        while True:
-            reply = conversation.reply(lambda: bool(event.is_cancelled))
-            if reply is None:
-                yield _cancelled(conversation), None
-                return
-            status = codec.status_dataset(reply.status, reply.elements)
-            if reply.final:
-                yield status, None
-                return
-            if reply.dataset is None:
-                raise ReplyError("a Pending C-FIND reply needs a dataset")
-            yield status, _decode(reply.dataset)
+        yield from _in_context(conversation, _find(event, conversation))
     except Exception as exc:
         yield _failure(conversation, service, exc), None
     finally:
         if conversation is not None:
             conversation.close()
+            conversation.finished()
+
+
+def _in_context(conversation: Conversation, stream: Iterator[Any]) -> Iterator[Any]:
+    with conversation.logging_context():
+        yield from stream
+
+
+def _find(event: Event, conversation: Conversation) -> Iterator[FindResult]:
+    conversation.publish()
+    while True:
+        reply = conversation.reply(lambda: bool(event.is_cancelled))
+        if reply is None:
+            yield _cancelled(conversation), None
+            return
+        status = codec.status_dataset(reply.status, reply.elements)
+        if reply.final:
+            yield status, None
+            return
+        if reply.dataset is None:
+            raise ReplyError("a Pending C-FIND reply needs a dataset")
+        yield status, _decode(reply.dataset)
 
 
 class _Retrieval:
@@ -172,7 +185,8 @@ def handle_get(event: Event, start: Start, store: BulkStore) -> Iterator[Any]:
     try:
         conversation = start(event, service)
         conversation.publish()
-        first = retrieval.first(conversation)
+        with conversation.logging_context():
+            first = retrieval.first(conversation)
         if first is None:
             counted = True
             yield 1
@@ -188,7 +202,7 @@ def handle_get(event: Event, start: Start, store: BulkStore) -> Iterator[Any]:
             return
         counted = True
         yield retrieval.announced
-        yield from retrieval.instances(conversation)
+        yield from _in_context(conversation, retrieval.instances(conversation))
     except Exception as exc:
         if not counted:
             yield 1
@@ -196,6 +210,7 @@ def handle_get(event: Event, start: Start, store: BulkStore) -> Iterator[Any]:
     finally:
         if conversation is not None:
             conversation.close()
+            conversation.finished()
 
 
 def _contexts(reply: Reply | None) -> list[PresentationContext]:
@@ -251,12 +266,13 @@ def handle_move(event: Event, start: Start, store: BulkStore, ae_table: AETable)
             return
         yield retrieval.announced
         assert conversation is not None
-        yield from retrieval.instances(conversation)
+        yield from _in_context(conversation, retrieval.instances(conversation))
     except Exception as exc:
         yield _failure(conversation, service, exc), None
     finally:
         if conversation is not None:
             conversation.close()
+            conversation.finished()
 
 
 def _decode(document: dict[str, Any], fetch: Callable[[str], bytes] | None = None) -> Dataset:

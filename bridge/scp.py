@@ -11,11 +11,12 @@ association on our account and the association stays usable after a failed reque
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
@@ -33,7 +34,8 @@ from bridge import codec, retrieve, sopclasses
 from bridge.bulkstore import DirectoryStore
 from bridge.codec import AssociationInfo
 from bridge.conversation import Conversation, Limits
-from bridge.errors import BridgeError, Failure
+from bridge.errors import BridgeError, BrokerUnavailable, Failure
+from bridge.metrics import Metrics
 from bridge.model import Service
 from bridge.seam import Seam
 from bridge.transport import Transport
@@ -73,10 +75,21 @@ _EVENTS: dict[Service, evt.InterventionEvent] = {
 class BridgeSCP:
     """The association acceptor. ``start`` listens; ``stop`` closes every association."""
 
-    def __init__(self, settings: BridgeSettings, transport: Transport, seam: Seam) -> None:
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        transport: Transport,
+        seam: Seam,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._settings = settings
         self._transport = transport
         self._seam = seam
+        self.metrics = metrics or Metrics()
+        self._in_flight = 0
+        self._idle = threading.Condition()
+        self.closing = False
+        """Set while shutting down: new requests get a failure status at once."""
         self._associations: weakref.WeakKeyDictionary[Association, AssociationInfo] = (
             weakref.WeakKeyDictionary()
         )
@@ -121,6 +134,37 @@ class BridgeSCP:
     def active_associations(self) -> int:
         return len(self._ae.active_associations)
 
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    @property
+    def in_flight(self) -> int:
+        """DIMSE requests being handled now."""
+        return self._in_flight
+
+    @contextlib.contextmanager
+    def _request(self) -> Iterator[None]:
+        with self._idle:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no request is being handled; False when ``timeout`` passes first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def stop_listening(self) -> None:
+        """Accept no new association; the open ones go on. Blocks briefly."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+
     def start(self) -> None:
         """Listen. Raises OSError when the address cannot be bound or the claim-check
         directory cannot be written."""
@@ -133,6 +177,7 @@ class BridgeSCP:
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_DIMSE_SENT, self._on_dimse_sent),
         ]
         server = self._ae.start_server(
             (self._settings.host, self._settings.port), block=False, evt_handlers=handlers
@@ -141,10 +186,10 @@ class BridgeSCP:
         self._server = server
 
     def stop(self) -> None:
-        """Stop listening and close the associations. Blocks: call it off the loop."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        """Stop listening and abort the associations still open. Blocks: call it off
+        the loop."""
+        self.stop_listening()
+        self._ae.shutdown()
 
     # -- association bookkeeping ----------------------------------------------------------
 
@@ -166,6 +211,7 @@ class BridgeSCP:
             return info
 
     def _on_established(self, event: Event) -> None:
+        self.metrics.associations.labels("accepted").inc()
         info = self._info(event.assoc)
         log.info(
             "association accepted from %s:%d",
@@ -175,16 +221,31 @@ class BridgeSCP:
         )
 
     def _on_closed(self, event: Event) -> None:
+        outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        self.metrics.associations.labels(outcome).inc()
         with self._lock:
             info = self._associations.pop(event.assoc, None)
         if info is not None:
             log.info(
                 "association %s",
-                "released" if event.event is evt.EVT_RELEASED else "aborted",
+                outcome,
                 extra={"association_id": info.id, "calling_ae": info.calling_ae},
             )
 
+    def _on_dimse_sent(self, event: Event) -> None:
+        # Every final response the peer gets, whoever chose its status (pynetdicom
+        # decides C-GET/C-MOVE finals from its sub-operation counts).
+        name = type(event.message).__name__
+        if not name.endswith("_RSP"):
+            return
+        status = getattr(event.message.command_set, "Status", None)
+        if status is None or status in (0xFF00, 0xFF01):
+            return
+        service = Service(name[:-4].lower().replace("_", "-"))
+        self.metrics.requests.labels(service.value, f"0x{int(status):04X}").inc()
+
     def _on_rejected(self, event: Event) -> None:
+        self.metrics.associations.labels("rejected").inc()
         requestor = event.assoc.requestor
         log.warning(
             "association rejected from %s:%s (calling AE %r)",
@@ -196,7 +257,10 @@ class BridgeSCP:
     # -- requests -------------------------------------------------------------------------
 
     def conversation(self, event: Event, service: Service) -> Conversation:
-        """Start the exchange with the consumers for one request (no I/O yet)."""
+        """Start the exchange with the consumers for one request (no I/O yet). Raises
+        BrokerUnavailable while the bridge shuts down."""
+        if self.closing:
+            raise BrokerUnavailable("bridge is shutting down")
         return Conversation(
             event,
             service,
@@ -205,20 +269,29 @@ class BridgeSCP:
             seam=self._seam,
             store=self._store,
             limits=self._limits,
+            metrics=self.metrics,
         )
 
     def _handler(self, service: Service) -> Callable[[Event], Any]:
         def handle(event: Event) -> Any:
             if service is Service.C_FIND:
-                return retrieve.handle_find(event, self.conversation)
+                return self._counted(retrieve.handle_find(event, self.conversation))
             if service is Service.C_GET:
-                return retrieve.handle_get(event, self.conversation, self._store)
+                return self._counted(retrieve.handle_get(event, self.conversation, self._store))
             if service is Service.C_MOVE:
-                return retrieve.handle_move(event, self.conversation, self._store, self._ae_table)
-            return self.handle(event, service)
+                return self._counted(
+                    retrieve.handle_move(event, self.conversation, self._store, self._ae_table)
+                )
+            with self._request():
+                return self.handle(event, service)
 
         handle.__name__ = f"handle_{service.name.lower()}"
         return handle
+
+    def _counted(self, stream: Iterator[Any]) -> Iterator[Any]:
+        """A streamed handler counted as in flight until pynetdicom is done with it."""
+        with self._request():
+            yield from stream
 
     def handle(self, event: Event, service: Service) -> HandlerResult:
         """Answer one single-reply request through the broker; never raises."""
@@ -226,7 +299,8 @@ class BridgeSCP:
         conversation: Conversation | None = None
         try:
             conversation = self.conversation(event, service)
-            reply = conversation.round_trip()
+            with conversation.logging_context():
+                reply = conversation.round_trip()
             status, dataset = codec.reply_to_dimse(
                 reply,
                 spec,
@@ -239,6 +313,7 @@ class BridgeSCP:
                 spec.failure_status(exc.failure), {"ErrorComment": exc.comment}
             )
             dataset = None
+            self.metrics.failed(service, exc.failure)
             log.warning(
                 "%s failed (%s): %s; answered 0x%04X",
                 service.dimse_name,
@@ -252,6 +327,7 @@ class BridgeSCP:
                 spec.failure_status(Failure.INTERNAL), {"ErrorComment": "bridge internal error"}
             )
             dataset = None
+            self.metrics.failed(service, Failure.INTERNAL)
             log.exception(
                 "%s failed: internal error; answered 0x%04X",
                 service.dimse_name,
@@ -269,6 +345,7 @@ class BridgeSCP:
         finally:
             if conversation is not None:
                 conversation.close()
+                conversation.finished()
         # pynetdicom wants a bare status where the response has no dataset (C-ECHO,
         # C-STORE, N-DELETE) and a (status, dataset) pair otherwise.
         if spec.reply_dataset is None:

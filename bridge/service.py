@@ -1,4 +1,5 @@
-"""Lifecycle of ``dicom-bridge serve``: broker, then SCP, serve, stop in reverse order.
+"""Lifecycle of ``dicom-bridge serve``: broker, then SCP and HTTP port, serve, and on
+SIGTERM drain and stop in reverse order.
 
 The asyncio loop runs in the calling thread; pynetdicom's server and association threads
 enter it only through :class:`~bridge.seam.Seam`.
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 from bridge.config import BridgeSettings
 from bridge.errors import StartupError
+from bridge.health import HealthServer
+from bridge.metrics import LiveState, Metrics
 from bridge.scp import BridgeSCP
 from bridge.seam import Seam
 from bridge.transport.amqp import AmqpTransport
@@ -23,60 +26,128 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Running:
-    """A started bridge: what tests and the CLI need to see and stop it."""
+    """A started bridge: what tests and the CLI need to see, drain and stop it."""
 
     settings: BridgeSettings
     transport: AmqpTransport
     scp: BridgeSCP
+    metrics: Metrics
+    draining: bool = False
+
+    def __post_init__(self) -> None:
+        self.health = HealthServer(
+            self.settings.http_host, self.settings.http_port, self.checks, self.metrics.exposition
+        )
 
     @property
     def port(self) -> int:
         return self.scp.port
 
+    def checks(self) -> dict[str, bool]:
+        """The readiness checks of ``/readyz``."""
+        return {
+            "scp_listening": self.scp.listening,
+            "broker_connected": self.transport.ready,
+            "broker_unblocked": not self.transport.blocked,
+            "not_draining": not self.draining,
+        }
+
+    async def drain(self) -> None:
+        """Stop accepting associations and let peers finish theirs, up to the drain
+        timeout; then answer new requests with a failure, wait for those in flight (each
+        bounded by its reply deadline) and abort what is still open."""
+        settings = self.settings
+        self.draining = True
+        await asyncio.to_thread(self.scp.stop_listening)
+        open_now = self.scp.active_associations
+        log.info(
+            "draining: not accepting associations; %d open, %d requests in flight, "
+            "waiting up to %g s",
+            open_now,
+            self.scp.in_flight,
+            settings.drain_timeout,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.drain_timeout
+        # Association threads end on their own; polling their count is simplest.
+        while self.scp.active_associations and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        self.scp.closing = True
+        bound = settings.publish_timeout + settings.reply_timeout + 2.0
+        if not await asyncio.to_thread(self.scp.wait_idle, bound):
+            log.warning("drain: %d requests still in flight after %g s", self.scp.in_flight, bound)
+        left = self.scp.active_associations
+        if left:
+            log.warning("drain: aborting %d associations still open", left)
+
     async def stop(self) -> None:
-        """Stop accepting, close associations, then close the broker connections."""
-        # shutdown() joins association threads, which may be waiting on the loop.
+        """Abort what is open, then close the HTTP port and the broker connections."""
+        # stop() joins association threads, which may be waiting on the loop.
         await asyncio.to_thread(self.scp.stop)
+        await self.health.close()
         await self.transport.close()
         log.info("stopped")
 
 
-async def start(settings: BridgeSettings) -> Running:
-    """Connect to the broker in the background and start listening.
+async def start(settings: BridgeSettings, metrics: Metrics | None = None) -> Running:
+    """Connect to the broker in the background, start listening for DICOM and HTTP.
 
-    Raises :class:`~bridge.errors.StartupError` when the DICOM port cannot be bound. An
-    unreachable broker does not fail start-up: the transport keeps retrying, and requests
-    fail fast meanwhile.
+    Raises :class:`~bridge.errors.StartupError` when a port cannot be bound or the
+    claim-check directory cannot be written. An unreachable broker does not fail
+    start-up: the transport keeps retrying, and requests fail fast meanwhile.
     """
     loop = asyncio.get_running_loop()
+    metrics = metrics or Metrics()
     transport = AmqpTransport(
         settings.amqp_url, settings.exchange, publish_timeout=settings.publish_timeout
     )
+    scp = BridgeSCP(settings, transport, Seam(loop), metrics)
+    running = Running(settings, transport, scp, metrics)
+    metrics.watch(
+        LiveState(
+            connected=lambda: transport.ready,
+            blocked=lambda: transport.blocked,
+            in_flight=lambda: transport.in_flight,
+            associations=lambda: scp.active_associations,
+            transport_counters=lambda: vars(transport.stats),
+        )
+    )
     await transport.start()
-    scp = BridgeSCP(settings, transport, Seam(loop))
+    try:
+        await running.health.start()
+    except OSError as exc:
+        await transport.close()
+        raise StartupError(
+            f"cannot listen on {settings.http_host}:{settings.http_port} (HTTP): "
+            f"{exc.strerror or exc}"
+        ) from exc
     try:
         scp.start()
     except OSError as exc:
+        await running.health.close()
         await transport.close()
         raise StartupError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
         ) from exc
     except BaseException:
+        await running.health.close()
         await transport.close()
         raise
     log.info(
-        "listening on %s:%d as %s (%d SOP classes), broker %s",
+        "listening on %s:%d as %s (%d SOP classes), HTTP on %s:%d, broker %s",
         settings.host,
         scp.port,
         settings.ae_title,
         len(settings.sop_class_uids),
+        settings.http_host,
+        running.health.port,
         settings.redacted_url(),
     )
-    return Running(settings, transport, scp)
+    return running
 
 
 async def serve(settings: BridgeSettings) -> None:
-    """Run until SIGTERM or SIGINT."""
+    """Run until SIGTERM or SIGINT; then drain and stop."""
     running = await start(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -84,7 +155,8 @@ async def serve(settings: BridgeSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
-        log.info("signal received: stopping")
+        log.info("signal received: draining, then stopping")
+        await running.drain()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):

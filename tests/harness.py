@@ -91,6 +91,8 @@ def bridge_settings(exchange: str, **overrides: Any) -> BridgeSettings:
         "amqp_url": AMQP_URL,
         "exchange": exchange,
         "reply_timeout": 5.0,
+        "http_host": "127.0.0.1",
+        "http_port": 0,
     }
     values.update(overrides)
     return BridgeSettings(**values)

@@ -142,6 +142,17 @@ class AmqpTransport:
         return len(self._calls)
 
     @property
+    def blocked(self) -> bool:
+        """True while the broker blocks the publishing connection (memory/disk alarm)."""
+        if not self._connections:
+            return False
+        underlay = getattr(self._connections[0], "transport", None)
+        connection = getattr(underlay, "connection", None)
+        # aiormq keeps the state in a private event; read it defensively.
+        unblocked = getattr(connection, "_Connection__connection_unblocked", None)
+        return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
+
+    @property
     def reply_queue(self) -> str:
         return self._reply_queue_name
 
