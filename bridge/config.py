@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from bridge import sopclasses
 from bridge.aetable import AETable
 from bridge.errors import ConfigError
+from bridge.guard import CallingPolicy
 from bridge.transport.amqp import redact
 
 S = TypeVar("S", bound="BrokerSettings")
@@ -119,6 +120,23 @@ class BridgeSettings(BrokerSettings):
     max_associations: int = Field(
         64, ge=1, le=10000, description="Concurrent associations accepted."
     )
+    allowed_calling_aes: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated calling AE titles allowed to associate, each "
+        "optionally bound to source networks: CT1,MR2@10.0.0.0/24|10.0.1.7 (empty: any).",
+    )
+    max_dataset_size: int = Field(
+        1 << 30,
+        ge=0,
+        description="Largest DIMSE message (command and data set) a peer may send, in "
+        "bytes; a larger one aborts the association (0: no limit).",
+    )
+    max_request_rate: float = Field(
+        1000.0,
+        ge=0,
+        description="Requests per second one association may send; more are answered "
+        "with the service's 'out of resources' status (0: no limit).",
+    )
     max_pdu: int = Field(
         65536,
         ge=0,
@@ -148,10 +166,19 @@ class BridgeSettings(BrokerSettings):
         "destinations.",
     )
 
-    @field_validator("sop_classes", mode="before")
+    @field_validator("sop_classes", "allowed_calling_aes", mode="before")
     @classmethod
-    def _split_sop_classes(cls, value: Any) -> Any:
+    def _split_lists(cls, value: Any) -> Any:
         return _split(value)
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _calling_aes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            CallingPolicy.parse(value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return value
 
     @field_validator("ae_title")
     @classmethod

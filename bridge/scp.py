@@ -35,6 +35,7 @@ from bridge.bulkstore import DirectoryStore
 from bridge.codec import AssociationInfo
 from bridge.conversation import Conversation, Limits
 from bridge.errors import BridgeError, BrokerUnavailable, Failure
+from bridge.guard import CallingPolicy, RateLimiter, SocketGuard, guard_socket
 from bridge.metrics import Metrics
 from bridge.model import Service
 from bridge.seam import Seam
@@ -94,6 +95,12 @@ class BridgeSCP:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        self._guards: weakref.WeakKeyDictionary[Association, SocketGuard] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._limiters: weakref.WeakKeyDictionary[Association, RateLimiter] = (
+            weakref.WeakKeyDictionary()
+        )
         self._server: ThreadedAssociationServer | None = None
         self._store = DirectoryStore(settings.bulk_dir)
         self._ae_table = settings.load_ae_table()
@@ -116,6 +123,7 @@ class BridgeSCP:
         ae.dimse_timeout = s.dimse_timeout
         ae.network_timeout = s.network_timeout
         ae.require_called_aet = s.require_called_ae
+        CallingPolicy.parse(s.allowed_calling_aes).install(ae)
         for uid in s.sop_class_uids:
             syntaxes = AllTransferSyntaxes if sopclasses.is_storage(uid) else UNCOMPRESSED
             # Accept whichever role the peer proposes: a Storage Commitment SCP that
@@ -173,6 +181,8 @@ class BridgeSCP:
             (event, self._handler(service)) for service, event in _EVENTS.items()
         ]
         handlers += [
+            (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_DIMSE_RECV, self._on_dimse_received),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
@@ -209,6 +219,18 @@ class BridgeSCP:
                 )
                 self._associations[assoc] = info
             return info
+
+    def _on_connection(self, event: Event) -> None:
+        s = self._settings
+        guard = guard_socket(event.assoc, s.max_pdu, s.max_dataset_size)
+        with self._lock:
+            self._guards[event.assoc] = guard
+            self._limiters[event.assoc] = RateLimiter(s.max_request_rate)
+
+    def _on_dimse_received(self, event: Event) -> None:
+        guard = self._guards.get(event.assoc)
+        if guard is not None:
+            guard.message_done()
 
     def _on_established(self, event: Event) -> None:
         self.metrics.associations.labels("accepted").inc()
@@ -261,6 +283,9 @@ class BridgeSCP:
         BrokerUnavailable while the bridge shuts down."""
         if self.closing:
             raise BrokerUnavailable("bridge is shutting down")
+        limiter = self._limiters.get(event.assoc)
+        if limiter is not None:
+            limiter.take()
         return Conversation(
             event,
             service,

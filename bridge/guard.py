@@ -1,0 +1,171 @@
+"""Who may associate, and how much a peer may send: the SCP's admission and limits.
+
+- :class:`CallingPolicy`: an allow-list of calling AE titles, each optionally bound to
+  source networks. It plugs into pynetdicom's own calling-AE check, so a refused peer gets
+  a proper A-ASSOCIATE-RJ (rejected-permanent, service-user, "calling AE title not
+  recognized") rather than an abort.
+- :func:`guard_socket`: limits on what a peer sends, enforced where pynetdicom reads the
+  socket, before anything is buffered: a PDU longer than the limit, or a DIMSE message
+  (command plus data set) larger than the maximum data set size, ends the association
+  (A-ABORT); memory never grows with a declared length.
+- :class:`RateLimiter`: requests per second per association (token bucket).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bridge.errors import BridgeError, ConfigError, Failure
+
+if TYPE_CHECKING:
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+
+log = logging.getLogger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class CallingPolicy:
+    """Calling AE titles allowed; ``None`` networks means from any address."""
+
+    entries: dict[str, tuple[Network, ...] | None] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, items: Iterable[str]) -> CallingPolicy:
+        """Entries ``TITLE`` or ``TITLE@network|network`` (an address or CIDR block).
+        Raises ConfigError naming the bad entry."""
+        entries: dict[str, tuple[Network, ...] | None] = {}
+        for raw in items:
+            title, _, nets = raw.strip().partition("@")
+            title = title.strip()
+            if not title or len(title) > 16 or "\\" in title:
+                raise ConfigError(f"allowed calling AE {raw!r}: not an AE title")
+            if not nets:
+                entries[title] = None  # from any address
+                continue
+            try:
+                networks = [ipaddress.ip_network(n.strip(), strict=False) for n in nets.split("|")]
+            except ValueError:
+                raise ConfigError(f"allowed calling AE {raw!r}: bad address or network") from None
+            if title in entries and entries[title] is None:
+                continue  # already allowed from anywhere
+            entries[title] = (*(entries.get(title) or ()), *networks)
+        return cls(entries)
+
+    def allows(self, title: str, address: str | None) -> bool:
+        if not self.entries:
+            return True
+        if title not in self.entries:
+            return False
+        networks = self.entries[title]
+        if networks is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    def install(self, ae: AE) -> None:
+        """Make pynetdicom's calling-AE check apply this policy."""
+        if self.entries:
+            # pynetdicom's setter copies into a plain list; this object must stay as it is.
+            ae._require_calling_aet = _TitlesForThisPeer(self)
+
+
+class _TitlesForThisPeer(list[str]):
+    """What pynetdicom iterates to check the calling AE title: the titles this policy
+    allows for the peer of the association negotiating in the current thread (an acceptor
+    negotiates in its own Association thread, so the thread knows the peer)."""
+
+    def __init__(self, policy: CallingPolicy) -> None:
+        super().__init__(policy.entries)  # non-empty: pynetdicom then checks at all
+        self._policy = policy
+
+    def __iter__(self) -> Iterator[str]:
+        requestor = getattr(threading.current_thread(), "requestor", None)
+        address = getattr(requestor, "address", None)
+        return iter([t for t in self._policy.entries if self._policy.allows(t, address)])
+
+
+class RateLimited(BridgeError):
+    failure = Failure.UNAVAILABLE
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` requests per second, bursts up to ``rate`` (at least 1)."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._capacity = max(1.0, rate)
+        self._tokens = self._capacity
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        """Use one token; raises RateLimited when none is left (0 rate: no limit)."""
+        if self._rate <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
+            self._stamp = now
+            if self._tokens < 1:
+                raise RateLimited(f"over {self._rate:g} requests/s on this association")
+            self._tokens -= 1
+
+
+# A-ASSOCIATE-RQ PDUs carry no data sets but can list 128 contexts: never limit them below
+# this.
+_MIN_PDU_LIMIT = 1 << 20
+
+
+class SocketGuard:
+    """Wraps an association socket's ``recv``; see :func:`guard_socket`."""
+
+    def __init__(self, recv: Any, max_pdu: int, max_message: int) -> None:
+        self._recv = recv
+        self._max_pdu = max(max_pdu, _MIN_PDU_LIMIT) if max_pdu else 0
+        self._max_message = max_message
+        self._message_bytes = 0
+
+    def message_done(self) -> None:
+        self._message_bytes = 0
+
+    def recv(self, nr_bytes: int) -> Any:
+        if nr_bytes > 6:  # a PDU body: the DUL reads the 6-byte header first
+            if self._max_pdu and nr_bytes > self._max_pdu + 6:
+                log.warning("peer sent a PDU of %d bytes, over the limit: aborting", nr_bytes)
+                raise OSError("PDU over the size limit")
+            self._message_bytes += nr_bytes
+            if self._max_message and self._message_bytes > self._max_message:
+                log.warning(
+                    "peer sent a DIMSE message of over %d bytes, the limit: aborting",
+                    self._max_message,
+                )
+                raise OSError("DIMSE message over the size limit")
+        return self._recv(nr_bytes)
+
+
+def guard_socket(assoc: Association, max_pdu: int, max_message: int) -> SocketGuard:
+    """Enforce ``max_pdu`` (bytes per PDU, 0: pynetdicom's own behaviour) and
+    ``max_message`` (bytes per DIMSE message) on what the peer of ``assoc`` sends.
+
+    pynetdicom's DUL calls ``socket.recv(pdu_length)`` with the length the peer declared;
+    raising OSError there is what pynetdicom does for a broken connection: it aborts the
+    association. Call :meth:`SocketGuard.message_done` when a message is complete.
+    """
+    sock = assoc.dul.socket
+    assert sock is not None, "an acceptor has its socket from the start"
+    guard = SocketGuard(sock.recv, max_pdu, max_message)
+    # The instance attribute shadows the method, for this socket only.
+    sock.recv = guard.recv  # type: ignore[method-assign]
+    return guard
