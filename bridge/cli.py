@@ -163,3 +163,10 @@ def example_consumer(**flags: Any) -> None:
 
 def main() -> None:
     cli(prog_name="dicom-bridge")
+
+
+# Operator tools (bridge/tools.py); imported here, after settings_options, which they use.
+from bridge.tools import commands as _tool_commands  # noqa: E402
+
+for _command in _tool_commands():
+    cli.add_command(_command)
