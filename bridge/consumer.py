@@ -26,7 +26,9 @@ the claim-check directory ``bulk_dir`` (shared with the bridge), both ways.
 Delivery: a request is acked after its reply is confirmed by the broker, so a consumer
 that dies mid-request leaves it to another consumer (at-least-once; ``Request.id`` is the
 idempotency key). Requests past their deadline are acked without a reply: the bridge has
-answered the peer already.
+answered the peer already. A request a quorum queue has delivered ``max_deliveries``
+times already (``x-delivery-count``: its consumers died on it) is answered with a failure
+and rejected without requeue, so the queue's dead-letter settings take it.
 """
 
 from __future__ import annotations
@@ -187,6 +189,7 @@ class ConsumerStats:
     failed: int = 0
     stale: int = 0
     cancelled: int = 0
+    poison: int = 0
     undeliverable_replies: int = 0
     by_service: dict[str, int] = field(default_factory=dict)
 
@@ -205,6 +208,8 @@ class Consumer:
         exclusive: bool = False,
         bulk_dir: Path | None = None,
         bulk_threshold: int = 1 << 20,
+        max_deliveries: int = 5,
+        queue_arguments: Mapping[str, Any] | None = None,
     ) -> None:
         self.amqp_url = amqp_url
         self.exchange = exchange
@@ -216,6 +221,8 @@ class Consumer:
         self.stats = ConsumerStats()
         self.store = DirectoryStore(bulk_dir) if bulk_dir is not None else None
         self.bulk_threshold = bulk_threshold
+        self.max_deliveries = max_deliveries
+        self.queue_arguments = dict(queue_arguments or {})
         self._connection: AbstractRobustConnection | None = None
         self._reply_channel: AbstractChannel | None = None
         self._stream_channel: AbstractChannel | None = None
@@ -271,7 +278,9 @@ class Consumer:
             queue = await channel.declare_queue(self.queue, exclusive=True, auto_delete=True)
         else:
             queue = await channel.declare_queue(
-                self.queue, durable=True, arguments={"x-queue-type": self.queue_type}
+                self.queue,
+                durable=True,
+                arguments={"x-queue-type": self.queue_type, **self.queue_arguments},
             )
         for binding in dict.fromkeys(r.binding for r in self.registrations):
             await queue.bind(exchange, binding)
@@ -330,6 +339,12 @@ class Consumer:
         return self.store.put(value)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # A quorum queue counts earlier deliveries: a request that keeps killing its
+        # consumers must not loop. Answer the peer and dead-letter it.
+        deliveries = (message.headers or {}).get("x-delivery-count")
+        if isinstance(deliveries, int) and deliveries >= self.max_deliveries:
+            await self._refuse_poison(message, deliveries)
+            return
         try:
             await self._handle(message)
         except Exception:
@@ -338,6 +353,26 @@ class Consumer:
                 await message.nack(requeue=True)
             return
         await message.ack()
+
+    async def _refuse_poison(self, message: AbstractIncomingMessage, deliveries: int) -> None:
+        self.stats.poison += 1
+        service = Service.C_ECHO
+        with contextlib.suppress(CodecError, KeyError, ValueError):
+            service = Service(codec.parse_envelope(message.body)["service"])
+        log.error(
+            "request delivered %d times without an answer: dead-lettered, handler not run",
+            deliveries + 1,
+            extra=_ids(message),
+        )
+        if not service.spec.streamed:
+            await self._reply(
+                message,
+                codec.build_reply(
+                    service.spec.failure_status(Failure.INTERNAL),
+                    elements={"error_comment": f"consumers failed {deliveries + 1} times"},
+                ),
+            )
+        await message.reject(requeue=False)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         deadline_ms = (message.headers or {}).get("deadline-ms")
