@@ -47,4 +47,23 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -c 'import bridge, pynetdicom, aio_pika' || { log "install failed"; exit 1; }
   touch "$stamp"
 fi
+
+# Node.js: the example consumer in examples/node-consumer and its test.
+if ! command -v node >/dev/null; then
+  log "installing nodejs and npm (apt)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+elif ! command -v npm >/dev/null; then
+  log "installing npm (apt)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+fi
+node_example=examples/node-consumer
+if [ ! -d "$node_example/node_modules" ] \
+    || [ "$node_example/package-lock.json" -nt "$node_example/node_modules" ]; then
+  log "installing the Node example's dependencies (npm ci, $(node --version))"
+  npm ci --no-audit --no-fund --prefix "$node_example" >/dev/null \
+    || { log "npm ci failed in $node_example"; exit 1; }
+  touch "$node_example/node_modules"
+fi
 log "ready"
