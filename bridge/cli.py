@@ -73,10 +73,13 @@ def settings_options(kind: type[BrokerSettings]) -> Callable[[F], F]:
 
 
 def _fields(kind: type[BrokerSettings]) -> list[tuple[str, FieldInfo]]:
-    """The command's own settings first, then the broker ones every command shares."""
-    shared = BrokerSettings.model_fields
-    fields = list(kind.model_fields.items())
-    return [f for f in fields if f[0] not in shared] + [f for f in fields if f[0] in shared]
+    """The command's own settings first, then those of its bases (commands, broker)."""
+    order: list[str] = []
+    for base in kind.__mro__:
+        for name in getattr(base, "__annotations__", {}):
+            if name in kind.model_fields and name not in order:
+                order.append(name)
+    return [(name, kind.model_fields[name]) for name in order]
 
 
 def _options_summary(kind: type[BrokerSettings]) -> str:

@@ -183,13 +183,14 @@ def build_envelope(
     *,
     request_id: str,
     association: AssociationInfo,
-    deadline: datetime,
+    deadline: datetime | None,
     bulk_data: dicomjson.BulkDataSink | None = None,
 ) -> JSONDict:
     """The envelope for one request, as a JSON-ready dict.
 
     Raises :class:`~bridge.errors.CodecError` when a dataset of the request cannot be
-    decoded or converted.
+    decoded or converted. A ``deadline`` of None marks a publish-only request: the bridge
+    has answered the peer already and expects no reply (``"reply_expected": false``).
     """
     context = event.context
     fields = command_fields(event.request)
@@ -199,7 +200,7 @@ def build_envelope(
         "service": service.value,
         "event": service.event_name,
         "timestamp": iso_time(event.timestamp),
-        "deadline": iso_time(deadline),
+        "deadline": iso_time(deadline) if deadline is not None else None,
         "association": association.as_json(),
         "context": {
             "id": context.context_id,
@@ -209,6 +210,8 @@ def build_envelope(
         "sop_class_uid": sop_class_of(fields, str(context.abstract_syntax)),
         "request": fields,
     }
+    if deadline is None:
+        envelope["reply_expected"] = False
     for name in service.spec.request_datasets:
         envelope[name] = _request_dataset(event, name, bulk_data)
     if service.spec.streamed:
@@ -247,15 +250,19 @@ def dumps(document: Mapping[str, Any]) -> bytes:
     return orjson.dumps(document)
 
 
-def headers(envelope: Mapping[str, Any], deadline: datetime) -> dict[str, HeaderValue]:
-    """AMQP headers: routing and filtering facts plus CloudEvents attributes."""
+def headers(envelope: Mapping[str, Any], deadline: datetime | None) -> dict[str, HeaderValue]:
+    """AMQP headers: routing and filtering facts plus CloudEvents attributes
+    (``deadline-ms`` only when a reply is expected)."""
     association = envelope["association"]
-    return {
+    values: dict[str, HeaderValue] = {
         "service": envelope["service"],
         "sop-class": envelope["sop_class_uid"],
         "calling-ae": association["calling_ae"],
         "called-ae": association["called_ae"],
-        "deadline-ms": int(deadline.timestamp() * 1000),
+    }
+    if deadline is not None:
+        values["deadline-ms"] = int(deadline.timestamp() * 1000)
+    return values | {
         "ce-specversion": "1.0",
         "ce-id": envelope["id"],
         "ce-source": f"dicom://{association['called_ae']}",

@@ -8,19 +8,23 @@ message naming the setting, before anything listens or connects.
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bridge import sopclasses
+from bridge import sopclasses, tls
 from bridge.aetable import AETable
 from bridge.errors import ConfigError
 from bridge.guard import CallingPolicy
 from bridge.transport.amqp import redact
 
 S = TypeVar("S", bound="BrokerSettings")
+
+# Services whose answer needs nothing from a consumer: no response dataset, no instance UID.
+PUBLISH_ONLY_SERVICES = ("c-echo", "c-store", "n-event-report", "n-set", "n-action", "n-delete")
 
 _AE_FORBIDDEN = set("\\") | {chr(c) for c in range(32)} | {chr(127)}
 
@@ -87,11 +91,100 @@ class BrokerSettings(BaseSettings):
             raise ValueError("must start with amqp:// or amqps://")
         return value
 
+    amqp_ca: Path | None = Field(
+        None, description="CA file to verify the broker's certificate (amqps://)."
+    )
+    amqp_cert: Path | None = Field(None, description="Client certificate for amqps://.")
+    amqp_key: Path | None = Field(None, description="Key of --amqp-cert.")
+
     def redacted_url(self) -> str:
         return redact(self.amqp_url)
 
+    def amqp_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for amqps:// URLs (None for amqp://)."""
+        if not self.amqp_url.startswith("amqps://"):
+            return None
+        return tls.amqp_client(self.amqp_ca, self.amqp_cert, self.amqp_key)
 
-class BridgeSettings(BrokerSettings):
+
+class CommandOptions(BaseModel):
+    """Options of the commander: the bridge as an SCU (``docs/commands.md``)."""
+
+    commands: bool = Field(
+        True, description="Consume commands and perform them as an SCU (issue 7)."
+    )
+    commands_queue: str = Field(
+        "dicom-bridge.commands",
+        min_length=1,
+        max_length=255,
+        description="Quorum queue of commands, bound to the exchange with "
+        "--commands-binding (declared if missing).",
+    )
+    commands_binding: str = Field(
+        "command.#",
+        min_length=1,
+        description="Binding of the commands queue: commands are published with routing "
+        "key command.<service>.<destination AE>.",
+    )
+    command_dead_letter_exchange: str = Field(
+        "dicom-bridge.dead-letter",
+        min_length=1,
+        max_length=255,
+        description="Fanout exchange that receives commands that can never succeed.",
+    )
+    command_dead_letter_queue: str = Field(
+        "dicom-bridge.commands.dead-letter",
+        max_length=255,
+        description="Queue bound to the dead-letter exchange (empty: declare none).",
+    )
+    command_delivery_limit: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Deliveries of one command before the broker dead-letters it (a "
+        "command that keeps crashing the bridge).",
+    )
+    command_concurrency: int = Field(
+        16, ge=1, le=1024, description="Commands performed at once, all destinations."
+    )
+    command_pool_size: int = Field(
+        4, ge=1, le=256, description="Associations at once per destination."
+    )
+    command_idle_timeout: float = Field(
+        10.0, gt=0, description="Seconds an idle pooled association stays open."
+    )
+    command_retries: int = Field(
+        3, ge=0, le=20, description="Connection attempts after the first one, per command."
+    )
+    command_retry_delay: float = Field(
+        0.5, gt=0, description="Seconds before the first connection retry (doubling)."
+    )
+    command_retry_max_delay: float = Field(
+        5.0, gt=0, description="Longest wait between connection retries, in seconds."
+    )
+    command_acse_timeout: float = Field(
+        10.0, gt=0, description="Seconds to wait for the peer's association answer."
+    )
+    command_dimse_timeout: float = Field(
+        30.0, gt=0, description="Seconds to wait for the peer's DIMSE response."
+    )
+    command_network_timeout: float = Field(
+        60.0, gt=0, description="Seconds without traffic before pynetdicom aborts."
+    )
+    command_drain_timeout: float = Field(
+        10.0, ge=0, description="On stop: seconds to let commands in progress finish."
+    )
+
+    @model_validator(mode="after")
+    def _command_timeouts(self) -> CommandOptions:
+        if self.command_idle_timeout >= self.command_network_timeout:
+            raise ValueError("command_idle_timeout must be below command_network_timeout")
+        if self.command_retry_delay > self.command_retry_max_delay:
+            raise ValueError("command_retry_delay must not exceed command_retry_max_delay")
+        return self
+
+
+class BridgeSettings(BrokerSettings, CommandOptions):
     """Settings of ``dicom-bridge serve``."""
 
     host: str = Field("0.0.0.0", description="Address the DICOM SCP listens on.")
@@ -131,6 +224,11 @@ class BridgeSettings(BrokerSettings):
         description="Largest DIMSE message (command and data set) a peer may send, in "
         "bytes; a larger one aborts the association (0: no limit).",
     )
+    tcp_tuning: bool = Field(
+        True,
+        description="Set TCP_NODELAY and TCP_QUICKACK on DICOM connections: peers that "
+        "write command and data set separately are served ~10x faster.",
+    )
     max_request_rate: float = Field(
         1000.0,
         ge=0,
@@ -147,6 +245,14 @@ class BridgeSettings(BrokerSettings):
     network_timeout: float = Field(
         60.0, gt=0, description="Seconds an idle association stays open before it is aborted."
     )
+    tls_cert: Path | None = Field(
+        None, description="Certificate (PEM) for DICOM TLS; with --tls-key, TLS is on."
+    )
+    tls_key: Path | None = Field(None, description="Private key of --tls-cert.")
+    tls_ca: Path | None = Field(
+        None,
+        description="CA file: peers must present a certificate it signed (mutual TLS).",
+    )
     http_host: str = Field("0.0.0.0", description="Address of the HTTP port.")
     http_port: int = Field(
         8080,
@@ -160,13 +266,41 @@ class BridgeSettings(BrokerSettings):
         description="On SIGTERM: seconds to wait for peers to finish their associations "
         "before the rest are answered 'shutting down' and aborted.",
     )
+    publish_only: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated services answered Success as soon as the broker (or "
+        "the disk spool) holds the request, without waiting for a consumer: c-echo, "
+        "c-store, n-event-report, n-set, n-action, n-delete.",
+    )
+    association_events: bool = Field(
+        True,
+        description="Publish association accepted/released/aborted/rejected events "
+        "(routing key event.association-<outcome>.<calling AE>).",
+    )
+    spool_dir: Path = Field(
+        default_factory=lambda: _cache_dir() / "dicom-bridge" / "spool",
+        description="Disk spool for events and publish-only requests while the broker is "
+        "away; replayed when it returns (keep it on a persistent volume).",
+    )
+    spool_max_bytes: int = Field(
+        1 << 30, ge=0, description="Largest size of the disk spool, in bytes."
+    )
     ae_table: Path | None = Field(
         None,
         description="JSON or YAML file mapping AE titles to host and port, for C-MOVE "
         "destinations.",
     )
 
-    @field_validator("sop_classes", "allowed_calling_aes", mode="before")
+    @field_validator("publish_only")
+    @classmethod
+    def _publish_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name not in PUBLISH_ONLY_SERVICES:
+                choices = ", ".join(PUBLISH_ONLY_SERVICES)
+                raise ValueError(f"{name!r} cannot be publish-only: choose from {choices}")
+        return value
+
+    @field_validator("sop_classes", "allowed_calling_aes", "publish_only", mode="before")
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         return _split(value)
@@ -216,6 +350,24 @@ class BridgeSettings(BrokerSettings):
             except ConfigError as exc:
                 raise ValueError(exc.message) from None
         return value
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> BridgeSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_ca needs tls_cert and tls_key")
+        try:
+            self.dicom_ssl_context()
+            self.amqp_ssl_context()
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+    def dicom_ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return tls.dicom_server(self.tls_cert, self.tls_key, self.tls_ca)
 
     @property
     def sop_class_uids(self) -> list[str]:

@@ -38,6 +38,7 @@ import contextlib
 import inspect
 import logging
 import signal
+import ssl
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
@@ -210,6 +211,7 @@ class Consumer:
         bulk_threshold: int = 1 << 20,
         max_deliveries: int = 5,
         queue_arguments: Mapping[str, Any] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.amqp_url = amqp_url
         self.exchange = exchange
@@ -222,6 +224,7 @@ class Consumer:
         self.store = DirectoryStore(bulk_dir) if bulk_dir is not None else None
         self.bulk_threshold = bulk_threshold
         self.max_deliveries = max_deliveries
+        self.ssl_context = ssl_context
         self.queue_arguments = dict(queue_arguments or {})
         self._connection: AbstractRobustConnection | None = None
         self._reply_channel: AbstractChannel | None = None
@@ -264,6 +267,7 @@ class Consumer:
         connection = await aio_pika.connect_robust(
             self.amqp_url,
             client_properties={"connection_name": f"dicom-bridge consumer {self.queue}"},
+            ssl_context=self.ssl_context,
         )
         self._connection = connection
         channel = await connection.channel()
@@ -402,7 +406,8 @@ class Consumer:
             return
         else:
             body = await self._single(message, request, registration)
-        await self._reply(message, body)
+        if request.envelope.get("reply_expected", True):
+            await self._reply(message, body)
 
     def _failure_body(self, request: Request, exc: Exception) -> bytes:
         self.stats.failed += 1

@@ -23,6 +23,7 @@ from bridge import codec, tracing
 from bridge.bulkstore import BulkStore
 from bridge.codec import AssociationInfo, Reply
 from bridge.errors import BrokerUnavailable, CodecError, Failure, ReplyTimeout
+from bridge.events import EventPublisher
 from bridge.logging import request_context
 from bridge.metrics import Metrics
 from bridge.model import Service, routing_key
@@ -88,10 +89,10 @@ class Conversation:
         self._written.append(uri)
         return uri
 
-    def _message(self) -> Outbound:
+    def _message(self, *, reply: bool = True) -> Outbound:
         limits = self._limits
         now = datetime.now(UTC)
-        deadline = now + timedelta(seconds=limits.reply_timeout)
+        deadline = now + timedelta(seconds=limits.reply_timeout) if reply else None
         try:
             self.envelope = codec.build_envelope(
                 self.event,
@@ -119,8 +120,9 @@ class Conversation:
             correlation_id=self.id,
             type=self.service.value,
             timestamp=now,
-            expiration=limits.reply_timeout,
+            expiration=limits.reply_timeout if reply else None,
             headers=headers,
+            persistent=not reply,
         )
 
     def round_trip(self) -> Reply:
@@ -137,6 +139,17 @@ class Conversation:
         if self._metrics is not None:
             self._metrics.received(len(body))
         return codec.parse_reply(body, self.service.spec)
+
+    def hand_over(self, publisher: EventPublisher) -> None:
+        """Publish-only: publish (mandatory, persistent, confirmed) or spool the request;
+        no reply is awaited. Claim-check files it wrote stay for the consumer to delete.
+
+        Raises Unroutable when no queue is bound and SpoolFull when the broker is away and
+        the spool has no room.
+        """
+        message = self._message(reply=False)
+        self._written.clear()  # the consumer reads them later, and deletes them
+        self._seam.run(publisher.deliver(message), timeout=self._limits.publish_timeout + 2.0)
 
     def publish(self) -> None:
         """Publish the request of a streamed service; replies follow with :meth:`reply`."""
@@ -195,10 +208,11 @@ class Conversation:
             type="cancel",
             timestamp=datetime.now(UTC),
             headers={"service": self.service.value, "cancels": self.id},
+            mandatory=False,
         )
         try:
             self._seam.run(
-                self._transport.notify(message), timeout=self._limits.publish_timeout + 1.0
+                self._transport.publish(message), timeout=self._limits.publish_timeout + 1.0
             )
         except Exception as exc:  # the peer's Cancel response does not depend on it
             log.warning("cancel notice not published: %s", exc, extra={"correlation_id": self.id})

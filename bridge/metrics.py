@@ -35,6 +35,7 @@ class LiveState:
     in_flight: Callable[[], int]
     associations: Callable[[], int]
     transport_counters: Callable[[], dict[str, int]]
+    spooled: Callable[[], int] = lambda: 0
 
 
 _TRANSPORT_COUNTERS = {
@@ -88,6 +89,11 @@ class _LiveCollector(Collector):
             "DICOM associations open now.",
             value=float(state.associations()),
         )
+        yield GaugeMetricFamily(
+            "dicom_bridge_spooled_messages",
+            "Messages waiting in the disk spool for the broker.",
+            value=float(state.spooled()),
+        )
         counters = state.transport_counters()
         for key, (name, documentation) in _TRANSPORT_COUNTERS.items():
             yield CounterMetricFamily(name, documentation, value=float(counters.get(key, 0)))
@@ -131,6 +137,15 @@ class Metrics:
             ["service"],
             registry=self.registry,
         )
+        self.spool = Counter(
+            "dicom_bridge_fire_and_forget",
+            "Events and publish-only requests: published at once, spooled to disk while "
+            "the broker was away, replayed from the spool, or lost (spool full).",
+            ["action"],
+            registry=self.registry,
+        )
+        for action in ("published", "spooled", "replayed", "lost"):
+            self.spool.labels(action)
         self.associations = Counter(
             "dicom_bridge_associations",
             "Associations by outcome: accepted, rejected, released, aborted.",

@@ -30,11 +30,12 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from bridge import codec, retrieve, sopclasses
+from bridge import codec, netopt, retrieve, sopclasses
 from bridge.bulkstore import DirectoryStore
 from bridge.codec import AssociationInfo
 from bridge.conversation import Conversation, Limits
 from bridge.errors import BridgeError, BrokerUnavailable, Failure
+from bridge.events import EventPublisher, association_event
 from bridge.guard import CallingPolicy, RateLimiter, SocketGuard, guard_socket
 from bridge.metrics import Metrics
 from bridge.model import Service
@@ -82,11 +83,14 @@ class BridgeSCP:
         transport: Transport,
         seam: Seam,
         metrics: Metrics | None = None,
+        events: EventPublisher | None = None,
     ) -> None:
         self._settings = settings
         self._transport = transport
         self._seam = seam
         self.metrics = metrics or Metrics()
+        self._events = events
+        self._publish_only = {Service(name) for name in settings.publish_only}
         self._in_flight = 0
         self._idle = threading.Condition()
         self.closing = False
@@ -190,7 +194,10 @@ class BridgeSCP:
             (evt.EVT_DIMSE_SENT, self._on_dimse_sent),
         ]
         server = self._ae.start_server(
-            (self._settings.host, self._settings.port), block=False, evt_handlers=handlers
+            (self._settings.host, self._settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=self._settings.dicom_ssl_context(),
         )
         assert server is not None  # block=False always returns the server
         self._server = server
@@ -203,25 +210,31 @@ class BridgeSCP:
 
     # -- association bookkeeping ----------------------------------------------------------
 
+    @staticmethod
+    def _describe(assoc: Association) -> AssociationInfo:
+        requestor = assoc.requestor
+        return AssociationInfo(
+            id=str(uuid.uuid4()),
+            calling_ae=str(requestor.ae_title).strip(),
+            called_ae=str(assoc.acceptor.ae_title).strip(),
+            peer_address=str(requestor.address),
+            peer_port=int(requestor.port),
+            implementation_class_uid=_opt(requestor.implementation_class_uid),
+            implementation_version_name=_opt(requestor.implementation_version_name),
+        )
+
     def _info(self, assoc: Association) -> AssociationInfo:
         with self._lock:
             info = self._associations.get(assoc)
             if info is None:
-                requestor = assoc.requestor
-                info = AssociationInfo(
-                    id=str(uuid.uuid4()),
-                    calling_ae=str(requestor.ae_title).strip(),
-                    called_ae=str(assoc.acceptor.ae_title).strip(),
-                    peer_address=str(requestor.address),
-                    peer_port=int(requestor.port),
-                    implementation_class_uid=_opt(requestor.implementation_class_uid),
-                    implementation_version_name=_opt(requestor.implementation_version_name),
-                )
+                info = self._describe(assoc)
                 self._associations[assoc] = info
             return info
 
     def _on_connection(self, event: Event) -> None:
         s = self._settings
+        if s.tcp_tuning:
+            netopt.tune_association(event.assoc)
         guard = guard_socket(event.assoc, s.max_pdu, s.max_dataset_size)
         with self._lock:
             self._guards[event.assoc] = guard
@@ -232,9 +245,14 @@ class BridgeSCP:
         if guard is not None:
             guard.message_done()
 
+    def _emit(self, outcome: str, info: AssociationInfo) -> None:
+        if self._events is not None and self._settings.association_events:
+            self._events.emit(association_event(outcome, info))
+
     def _on_established(self, event: Event) -> None:
         self.metrics.associations.labels("accepted").inc()
         info = self._info(event.assoc)
+        self._emit("accepted", info)
         log.info(
             "association accepted from %s:%d",
             info.peer_address,
@@ -248,6 +266,7 @@ class BridgeSCP:
         with self._lock:
             info = self._associations.pop(event.assoc, None)
         if info is not None:
+            self._emit(outcome, info)
             log.info(
                 "association %s",
                 outcome,
@@ -268,6 +287,9 @@ class BridgeSCP:
 
     def _on_rejected(self, event: Event) -> None:
         self.metrics.associations.labels("rejected").inc()
+        with self._lock:
+            info = self._associations.pop(event.assoc, None)
+        self._emit("rejected", info or self._describe(event.assoc))
         requestor = event.assoc.requestor
         log.warning(
             "association rejected from %s:%s (calling AE %r)",
@@ -325,14 +347,18 @@ class BridgeSCP:
         try:
             conversation = self.conversation(event, service)
             with conversation.logging_context():
-                reply = conversation.round_trip()
-            status, dataset = codec.reply_to_dimse(
-                reply,
-                spec,
-                request_instance_uid=conversation.envelope["request"].get(
-                    "affected_sop_instance_uid"
-                ),
-            )
+                if service in self._publish_only and self._events is not None:
+                    conversation.hand_over(self._events)
+                    status, dataset = codec.status_dataset(0x0000), None
+                else:
+                    reply = conversation.round_trip()
+                    status, dataset = codec.reply_to_dimse(
+                        reply,
+                        spec,
+                        request_instance_uid=conversation.envelope["request"].get(
+                            "affected_sop_instance_uid"
+                        ),
+                    )
         except BridgeError as exc:
             status = codec.status_dataset(
                 spec.failure_status(exc.failure), {"ErrorComment": exc.comment}

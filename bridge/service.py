@@ -13,12 +13,16 @@ import logging
 import signal
 from dataclasses import dataclass
 
+from bridge.bulkstore import DirectoryStore
+from bridge.commander import Commander, CommanderSettings
 from bridge.config import BridgeSettings
 from bridge.errors import StartupError
+from bridge.events import EventPublisher
 from bridge.health import HealthServer
 from bridge.metrics import LiveState, Metrics
 from bridge.scp import BridgeSCP
 from bridge.seam import Seam
+from bridge.spool import DiskSpool
 from bridge.transport.amqp import AmqpTransport
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,8 @@ class Running:
     transport: AmqpTransport
     scp: BridgeSCP
     metrics: Metrics
+    events: EventPublisher
+    commander: Commander | None = None
     draining: bool = False
 
     def __post_init__(self) -> None:
@@ -50,6 +56,7 @@ class Running:
             "broker_connected": self.transport.ready,
             "broker_unblocked": not self.transport.blocked,
             "not_draining": not self.draining,
+            "commands_consuming": self.commander is None or self.commander.ready,
         }
 
     async def drain(self) -> None:
@@ -79,12 +86,17 @@ class Running:
         left = self.scp.active_associations
         if left:
             log.warning("drain: aborting %d associations still open", left)
+        if self.commander is not None:
+            await self.commander.close()
 
     async def stop(self) -> None:
         """Abort what is open, then close the HTTP port and the broker connections."""
         # stop() joins association threads, which may be waiting on the loop.
         await asyncio.to_thread(self.scp.stop)
         await self.health.close()
+        if self.commander is not None:
+            await self.commander.close()
+        await self.events.close(timeout=self.settings.publish_timeout + 1.0)
         await self.transport.close()
         log.info("stopped")
 
@@ -99,10 +111,15 @@ async def start(settings: BridgeSettings, metrics: Metrics | None = None) -> Run
     loop = asyncio.get_running_loop()
     metrics = metrics or Metrics()
     transport = AmqpTransport(
-        settings.amqp_url, settings.exchange, publish_timeout=settings.publish_timeout
+        settings.amqp_url,
+        settings.exchange,
+        publish_timeout=settings.publish_timeout,
+        ssl_context=settings.amqp_ssl_context(),
     )
-    scp = BridgeSCP(settings, transport, Seam(loop), metrics)
-    running = Running(settings, transport, scp, metrics)
+    spool = DiskSpool(settings.spool_dir, settings.spool_max_bytes)
+    events = EventPublisher(transport, spool, metrics, loop)
+    scp = BridgeSCP(settings, transport, Seam(loop), metrics, events)
+    running = Running(settings, transport, scp, metrics, events)
     metrics.watch(
         LiveState(
             connected=lambda: transport.ready,
@@ -110,13 +127,26 @@ async def start(settings: BridgeSettings, metrics: Metrics | None = None) -> Run
             in_flight=lambda: transport.in_flight,
             associations=lambda: scp.active_associations,
             transport_counters=lambda: vars(transport.stats),
+            spooled=lambda: len(spool),
         )
     )
+    try:
+        await events.start()
+    except OSError as exc:
+        raise StartupError(f"spool directory {settings.spool_dir}: {exc.strerror or exc}") from exc
     await transport.start()
+    if settings.commands:
+        running.commander = Commander(
+            CommanderSettings.from_settings(settings),
+            ae_table=settings.load_ae_table(),
+            store=DirectoryStore(settings.bulk_dir),
+            ssl_context=settings.amqp_ssl_context(),
+        )
+        await running.commander.start()  # connects in the background; never raises
     try:
         await running.health.start()
     except OSError as exc:
-        await transport.close()
+        await _unwind(running)
         raise StartupError(
             f"cannot listen on {settings.http_host}:{settings.http_port} (HTTP): "
             f"{exc.strerror or exc}"
@@ -124,14 +154,12 @@ async def start(settings: BridgeSettings, metrics: Metrics | None = None) -> Run
     try:
         scp.start()
     except OSError as exc:
-        await running.health.close()
-        await transport.close()
+        await _unwind(running)
         raise StartupError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
         ) from exc
     except BaseException:
-        await running.health.close()
-        await transport.close()
+        await _unwind(running)
         raise
     log.info(
         "listening on %s:%d as %s (%d SOP classes), HTTP on %s:%d, broker %s",
@@ -144,6 +172,15 @@ async def start(settings: BridgeSettings, metrics: Metrics | None = None) -> Run
         settings.redacted_url(),
     )
     return running
+
+
+async def _unwind(running: Running) -> None:
+    """Undo a start that failed half-way."""
+    await running.health.close()
+    if running.commander is not None:
+        await running.commander.close()
+    await running.events.close(timeout=0)
+    await running.transport.close()
 
 
 async def serve(settings: BridgeSettings) -> None:

@@ -52,6 +52,8 @@ SCHEMAS: dict[str, tuple[str, str]] = {
     "envelope": ("envelope.schema.json", "JSON Schema of a request envelope (draft 2020-12)"),
     "reply": ("reply.schema.json", "JSON Schema of a consumer's reply"),
     "dicom-json": ("dicom-json.schema.json", "JSON Schema of a DICOM JSON dataset"),
+    "command": ("command.schema.json", "JSON Schema of a command (the bridge as SCU)"),
+    "command-reply": ("command-reply.schema.json", "JSON Schema of a command's reply"),
     "asyncapi": ("asyncapi.yaml", "AsyncAPI 3.0 document: exchange, routing keys, messages"),
 }
 
@@ -159,6 +161,7 @@ async def _connect(settings: BrokerSettings, timeout: float, purpose: str) -> Ab
             settings.amqp_url,
             timeout=timeout,
             client_properties={"connection_name": f"dicom-bridge {purpose} {_WHO}"},
+            ssl_context=settings.amqp_ssl_context(),
         ),
         timeout + 1,
     )
@@ -853,6 +856,15 @@ def header_line(message: Delivered, document: Any) -> str:
     if not isinstance(document, dict):
         return f"{message.routing_key}  ({len(message.body)} bytes, not a JSON object)"
     association = document.get("association") or {}
+    if str(document.get("type", "")).startswith("association-"):
+        return "  ".join(
+            [
+                str(document.get("timestamp", "-")),
+                f"event {document['type']}",
+                f"from {association.get('calling_ae') or '-'}",
+                f"association-id {association.get('id', '-')}",
+            ]
+        )
     request = document.get("request") or {}
     return "  ".join(
         [

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,6 +16,27 @@ from tests.harness import (
     broker_reachable,
     delete_exchange,
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Bridges and consumers that tests start as processes keep their spool, claim-check
+    and example store in this session's temp dir, and take a free HTTP port."""
+    root = tmp_path_factory.mktemp("state")
+    values = {
+        "BRIDGE_SPOOL_DIR": str(root / "spool"),
+        "BRIDGE_BULK_DIR": str(root / "bulk"),
+        "BRIDGE_DATA_DIR": str(root / "store"),
+        "BRIDGE_HTTP_PORT": "0",
+    }
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import os
 import socket
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aio_pika
@@ -68,6 +70,7 @@ class BridgeHarness:
     def __init__(self, settings: BridgeSettings) -> None:
         self.settings = settings
         self._loop = LoopThread("bridge-loop")
+        self._stopped = False
         self.running = self._loop.run(service.start(settings))
 
     @property
@@ -79,6 +82,10 @@ class BridgeHarness:
             raise AssertionError("bridge did not connect to the broker")
 
     def stop(self) -> None:
+        """Stop the bridge; safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
         with contextlib.suppress(Exception):
             self._loop.run(self.running.stop(), timeout=30)
         self._loop.stop()
@@ -93,6 +100,8 @@ def bridge_settings(exchange: str, **overrides: Any) -> BridgeSettings:
         "reply_timeout": 5.0,
         "http_host": "127.0.0.1",
         "http_port": 0,
+        "spool_dir": Path(tempfile.mkdtemp(prefix="bridge-spool-")),
+        "commands": False,  # tests of commands run their own commander on their own queue
     }
     values.update(overrides)
     return BridgeSettings(**values)
@@ -217,6 +226,9 @@ class RawResponder:
         await queue.bind(exchange, pattern)
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            if (message.routing_key or "").startswith("event."):
+                await message.ack()  # association events: not requests
+                return
             self.messages.append(message)
             answer = self._reply(message)
             bodies = [answer] if isinstance(answer, bytes) else answer or []

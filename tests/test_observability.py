@@ -89,9 +89,9 @@ def test_metrics_after_real_traffic(bridge: BridgeHarness, make_consumer: Consum
     assert samples[("dicom_bridge_amqp_blocked", ())] == 0
     assert samples[("dicom_bridge_associations_total", (("outcome", "accepted"),))] == 1
     # No label carries a UID or an AE title.
-    for (name, labels), _ in samples.items():
+    for (_name, labels), _ in samples.items():
         for key, value in labels:
-            assert key in {"service", "status", "reason", "direction", "outcome", "le"}, name
+            assert key in {"service", "status", "reason", "direction", "outcome", "action", "le"}
             assert "TEST-SCU" not in value
 
 

@@ -396,8 +396,8 @@ def test_check_says_what_it_could_not_verify(exchange: str, tmp_path: Path) -> N
 def test_tail_shows_envelopes_with_phi_masked_unless_asked(
     exchange: str, bridge: BridgeHarness, recorder: Recorder
 ) -> None:
-    masked = Tail("--count", "2", "--exchange", exchange)
-    shown = Tail("--count", "2", "--show-phi", "--compact", "--exchange", exchange)
+    masked = Tail("c-store.#", "--count", "2", "--exchange", exchange)
+    shown = Tail("c-store.#", "--count", "2", "--show-phi", "--compact", "--exchange", exchange)
     try:
         masked.wait_ready()
         shown.wait_ready()
