@@ -114,6 +114,7 @@ def build(settings: ConsumerSettings, *, exclusive: bool = False) -> Consumer:
         exclusive=exclusive,
         bulk_dir=settings.bulk_dir,
         bulk_threshold=settings.bulk_threshold,
+        ssl_context=settings.amqp_ssl_context(),
     )
     example = ExampleConsumer(settings.data_dir)
     for service in Service:

@@ -29,6 +29,11 @@ class Outbound:
     expiration: float | None = None
     """Seconds the broker keeps the request before dropping it (the reply deadline)."""
     headers: Mapping[str, HeaderValue] = field(default_factory=dict)
+    persistent: bool = False
+    """Written to disk by the broker (events and publish-only requests); requests that
+    wait for a reply are transient: useless after their deadline anyway."""
+    mandatory: bool = True
+    """Returned by the broker, and so failed, when no queue is bound for it."""
 
 
 class Call(Protocol):
@@ -74,10 +79,12 @@ class Transport(Protocol):
         """
         ...
 
-    async def notify(self, message: Outbound) -> None:
-        """Publish a notification nobody has to receive (not mandatory), confirmed.
+    async def publish(self, message: Outbound) -> None:
+        """Publish without awaiting replies (events, notices, publish-only requests),
+        confirmed; ``message.mandatory`` decides whether an unroutable message fails.
 
-        Raises :class:`bridge.errors.BrokerUnavailable` like :meth:`call`.
+        Raises :class:`bridge.errors.Unroutable` and
+        :class:`bridge.errors.BrokerUnavailable` like :meth:`call`.
         """
         ...
 

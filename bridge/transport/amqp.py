@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import uuid
 from dataclasses import dataclass, field
 
@@ -114,6 +115,7 @@ class AmqpTransport:
         reconnect_max_delay: float = 5.0,
         heartbeat: int = 20,
         name: str = "dicom-bridge",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._url = url
         self._exchange_name = exchange
@@ -121,6 +123,7 @@ class AmqpTransport:
         self._connect_timeout = connect_timeout
         self._reconnect_max_delay = reconnect_max_delay
         self._heartbeat = heartbeat
+        self._ssl_context = ssl_context
         self._name = f"{name} {socket.gethostname()} pid {os.getpid()}"
         self._calls: dict[str, AmqpCall] = {}
         self._exchange: AbstractExchange | None = None
@@ -190,11 +193,11 @@ class AmqpTransport:
             raise
         return call
 
-    async def notify(self, message: Outbound) -> None:
+    async def publish(self, message: Outbound) -> None:
         exchange = self._exchange
         if exchange is None or not self.ready:
             raise BrokerUnavailable("not connected to the broker")
-        await self._publish(exchange, message, mandatory=False)
+        await self._publish(exchange, message, reply=False)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -202,15 +205,17 @@ class AmqpTransport:
         self._calls.pop(correlation_id, None)
 
     async def _publish(
-        self, exchange: AbstractExchange, message: Outbound, *, mandatory: bool = True
+        self, exchange: AbstractExchange, message: Outbound, *, reply: bool = True
     ) -> None:
         amqp_message = aio_pika.Message(
             message.body,
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+            if message.persistent
+            else aio_pika.DeliveryMode.NOT_PERSISTENT,
             correlation_id=message.correlation_id,
             message_id=message.correlation_id,
-            reply_to=self._reply_queue_name,
+            reply_to=self._reply_queue_name if reply else None,
             expiration=message.expiration,
             timestamp=message.timestamp,
             type=message.type,
@@ -221,7 +226,7 @@ class AmqpTransport:
             await exchange.publish(
                 amqp_message,
                 message.routing_key,
-                mandatory=mandatory,
+                mandatory=message.mandatory,
                 timeout=self._publish_timeout,
             )
         except aiormq.exceptions.PublishError:
@@ -259,6 +264,7 @@ class AmqpTransport:
             timeout=self._connect_timeout,
             heartbeat=self._heartbeat,
             client_properties={"connection_name": f"{self._name} {purpose}"},
+            ssl_context=self._ssl_context,
         )
         self._connections.append(connection)
         return connection

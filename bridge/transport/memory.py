@@ -62,5 +62,5 @@ class MemoryTransport:
         self.calls.append(call)
         return call
 
-    async def notify(self, message: Outbound) -> None:
+    async def publish(self, message: Outbound) -> None:
         self.notified.append(message)
