@@ -99,12 +99,10 @@ class BridgeSCP:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
-        self._guards: weakref.WeakKeyDictionary[Association, SocketGuard] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._limiters: weakref.WeakKeyDictionary[Association, RateLimiter] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Plain dicts emptied on EVT_CONN_CLOSE: a guard references its association
+        # through the socket, so weak keys would never die.
+        self._guards: dict[Association, SocketGuard] = {}
+        self._limiters: dict[Association, RateLimiter] = {}
         self._server: ThreadedAssociationServer | None = None
         self._store = DirectoryStore(settings.bulk_dir)
         self._ae_table = settings.load_ae_table()
@@ -147,6 +145,11 @@ class BridgeSCP:
         return len(self._ae.active_associations)
 
     @property
+    def established_associations(self) -> int:
+        """Associations past negotiation: a bare TCP connection (a port probe) is not one."""
+        return sum(1 for assoc in self._ae.active_associations if assoc.is_established)
+
+    @property
     def listening(self) -> bool:
         return self._server is not None
 
@@ -186,6 +189,7 @@ class BridgeSCP:
         ]
         handlers += [
             (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             (evt.EVT_DIMSE_RECV, self._on_dimse_received),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_RELEASED, self._on_closed),
@@ -239,6 +243,11 @@ class BridgeSCP:
         with self._lock:
             self._guards[event.assoc] = guard
             self._limiters[event.assoc] = RateLimiter(s.max_request_rate)
+
+    def _on_connection_closed(self, event: Event) -> None:
+        with self._lock:
+            self._guards.pop(event.assoc, None)
+            self._limiters.pop(event.assoc, None)
 
     def _on_dimse_received(self, event: Event) -> None:
         guard = self._guards.get(event.assoc)

@@ -66,7 +66,7 @@ class Running:
         settings = self.settings
         self.draining = True
         await asyncio.to_thread(self.scp.stop_listening)
-        open_now = self.scp.active_associations
+        open_now = self.scp.established_associations
         log.info(
             "draining: not accepting associations; %d open, %d requests in flight, "
             "waiting up to %g s",
@@ -77,7 +77,7 @@ class Running:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.drain_timeout
         # Association threads end on their own; polling their count is simplest.
-        while self.scp.active_associations and loop.time() < deadline:  # noqa: ASYNC110
+        while self.scp.established_associations and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         self.scp.closing = True
         bound = settings.publish_timeout + settings.reply_timeout + 2.0

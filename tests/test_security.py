@@ -224,3 +224,40 @@ def test_random_bytes_never_take_the_bridge_down(data: bytes, bridge: BridgeHarn
         assoc.release()
     finally:
         ae.shutdown()
+
+
+def test_no_state_is_left_behind_per_association(bridge: BridgeHarness) -> None:
+    import gc
+
+    from pynetdicom.association import Association
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, Association) for o in gc.get_objects())
+
+    for _ in range(3):
+        with association(bridge.port) as assoc:
+            assoc.send_c_echo()
+    before = alive()
+    for _ in range(20):
+        with association(bridge.port) as assoc:
+            assoc.send_c_echo()
+    deadline = time.monotonic() + 5
+    scp = bridge.running.scp
+    while (scp._guards or scp._limiters) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not scp._guards
+    assert not scp._limiters
+    assert alive() <= before + 2
+
+
+def test_a_bare_tcp_connection_does_not_hold_up_the_drain(
+    make_bridge: BridgeFactory,
+) -> None:
+    harness = make_bridge(drain_timeout=10.0)
+    harness.wait_ready()
+    with socket.create_connection(("127.0.0.1", harness.port)):  # a port probe, no A-ASSOCIATE
+        time.sleep(0.2)
+        started = time.monotonic()
+        harness._loop.run(harness.running.drain(), timeout=30)
+        assert time.monotonic() - started < 2.0
