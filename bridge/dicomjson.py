@@ -33,6 +33,7 @@ message names the element (tag and VR) and never a value.
 from __future__ import annotations
 
 import binascii
+import functools
 import math
 import re
 import struct
@@ -498,10 +499,9 @@ def _vr_of_raw(raw: RawDataElement, level: _Level) -> tuple[str, bool]:
             creator = level.elements.get(tag >> 16 << 16 | element >> 8)
             name = _creator_name(creator, level) if creator is not None else ""
             if name:
-                try:
-                    return private_dictionary_VR(tag, name), True
-                except KeyError:
-                    pass
+                private_vr = _private_vr(tag, name)
+                if private_vr is not None:
+                    return private_vr, True
         return "UN", False
     if vr == "UN" and raw.value is not None and len(raw.value) >= 0xFFFF:
         return "UN", False  # PS3.5 6.2.2: a too long value of a known VR is sent as UN
@@ -515,6 +515,16 @@ def _vr_of_raw(raw: RawDataElement, level: _Level) -> tuple[str, bool]:
     if vr is None and not tag & 0xFFFF:
         return "UL", False
     return "UN", False
+
+
+@functools.lru_cache(maxsize=4096)
+def _private_vr(tag: int, creator: str) -> str | None:
+    """pydicom's private dictionary lookup, cached: it scans a list per call and was half
+    the cost of encoding a data set with many private elements (CT_small: 1 of 2 ms)."""
+    try:
+        return private_dictionary_VR(tag, creator)
+    except KeyError:
+        return None
 
 
 def _creator_name(elem: Any, level: _Level) -> str:
