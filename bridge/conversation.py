@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from bridge import codec, tracing
 from bridge.bulkstore import BulkStore
 from bridge.codec import AssociationInfo, Reply
-from bridge.errors import BrokerUnavailable, CodecError, Failure, ReplyTimeout
+from bridge.errors import BrokerUnavailable, CodecError, Failure, ReplyError, ReplyTimeout
 from bridge.events import EventPublisher
 from bridge.logging import request_context
 from bridge.metrics import Metrics
@@ -138,6 +138,8 @@ class Conversation:
     def _parse(self, body: bytes) -> Reply:
         if self._metrics is not None:
             self._metrics.received(len(body))
+        if len(body) > self._limits.max_message_size:
+            raise ReplyError(f"reply of {len(body)} bytes exceeds the max message size")
         return codec.parse_reply(body, self.service.spec)
 
     def hand_over(self, publisher: EventPublisher) -> None:

@@ -335,3 +335,19 @@ def test_connection_loss_fails_in_flight_requests_promptly(
     finally:
         release.set()
         proxy.close()
+
+
+def test_oversize_reply_gives_failure_with_comment(
+    make_bridge: BridgeFactory, raw: Callable[..., RawResponder]
+) -> None:
+    harness = make_bridge(max_message_size=16384, bulk_threshold=1024)
+    harness.wait_ready()
+    comment = "x" * 60
+    huge = orjson.dumps({"status": 0, "x-padding": "y" * 20000, "error_comment": comment})
+    raw(lambda message: huge)
+    with association(harness.port, CONTEXTS) as assoc:
+        status = assoc.send_c_echo()
+        assert assoc.is_established
+    assert status.Status == 0x0110
+    assert status.ErrorComment.startswith("reply of 20")
+    assert status.ErrorComment.endswith("exceeds the max message size")
