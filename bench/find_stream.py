@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from benchlib import free_port, wait_port
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -44,23 +44,6 @@ def matches(count: int) -> Iterator[Dataset]:
         ds.StudyDate = "20260101"
         ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.{n + 1}"
         yield ds
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 # -- roles run as child processes ---------------------------------------------------------

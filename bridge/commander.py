@@ -50,7 +50,7 @@ from bridge.aetable import AETable
 from bridge.bulkstore import BulkStore
 from bridge.commands import Command, CommandError, Reason
 from bridge.config import CommandOptions
-from bridge.errors import BridgeError, BrokerUnavailable
+from bridge.errors import BridgeError, BrokerUnavailable, describe_error
 from bridge.model import Service
 from bridge.seam import Seam
 
@@ -179,7 +179,7 @@ class Commander:
             except (OSError, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError) as exc:
                 log.warning(
                     "commands: cannot consume %s (%s); retrying in %.1f s",
-                    self.settings.commands_queue, _describe(exc), delay,
+                    self.settings.commands_queue, describe_error(exc), delay,
                 )  # fmt: skip
                 await self._disconnect()
                 await asyncio.sleep(delay)
@@ -524,12 +524,6 @@ def _error_reply(
     command_id = command.id if command else (message.correlation_id or message.message_id or "")
     service: Service | None = command.service if command else None
     return commands.error_body(command_id or "-", service, error)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    name = type(exc).__name__
-    return f"{name}: {text}"[:200] if text else name
 
 
 def _ids(message: AbstractIncomingMessage) -> dict[str, str]:

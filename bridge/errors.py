@@ -90,3 +90,10 @@ class ConfigError(BridgeError):
 
 class StartupError(BridgeError):
     """The bridge cannot start with a valid configuration (the port is taken, ...)."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message`` for a log line about a library's exception (at most 200 chars)."""
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {text}"[:200] if text else name

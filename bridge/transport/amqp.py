@@ -28,7 +28,7 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
-from bridge.errors import BrokerUnavailable, ReplyTimeout, Unroutable
+from bridge.errors import BrokerUnavailable, ReplyTimeout, Unroutable, describe_error
 from bridge.transport import Outbound
 
 log = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ class AmqpTransport:
                 log.warning(
                     "broker unreachable at %s (%s); retrying in %.1f s",
                     target,
-                    _describe(exc),
+                    describe_error(exc),
                     delay,
                 )
                 await self._disconnect(BrokerUnavailable("not connected to the broker"))
@@ -352,9 +352,3 @@ class AmqpTransport:
 async def _channel_closed(channel: AbstractChannel) -> bool:
     await channel.closed()
     return True
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name
