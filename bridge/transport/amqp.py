@@ -16,7 +16,7 @@ import os
 import socket
 import ssl
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aio_pika
 import aiormq
@@ -56,7 +56,6 @@ class TransportStats:
     connects: int = 0
     connection_losses: int = 0
     failed_on_loss: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 _Item = bytes | BaseException
