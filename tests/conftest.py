@@ -21,13 +21,17 @@ from tests.harness import (
 @pytest.fixture(scope="session", autouse=True)
 def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Bridges and consumers that tests start as processes keep their spool, claim-check
-    and example store in this session's temp dir, and take a free HTTP port."""
+    and example store in this session's temp dir, take a free HTTP port and leave the
+    shared commands queue alone."""
     root = tmp_path_factory.mktemp("state")
     values = {
         "BRIDGE_SPOOL_DIR": str(root / "spool"),
         "BRIDGE_BULK_DIR": str(root / "bulk"),
         "BRIDGE_DATA_DIR": str(root / "store"),
         "BRIDGE_HTTP_PORT": "0",
+        # The commander's queue is shared and durable: bridges started as processes by
+        # tests leave it alone (tests/test_commands.py runs its own on its own queues).
+        "BRIDGE_COMMANDS": "false",
     }
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)

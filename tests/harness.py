@@ -158,6 +158,18 @@ def delete_exchange(name: str) -> None:
     asyncio.run(_delete_exchange(name))
 
 
+async def _delete_queue(name: str) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(name)
+
+
+def delete_queue(name: str) -> None:
+    """Delete a durable queue a test made a consumer declare."""
+    asyncio.run(_delete_queue(name))
+
+
 def broker_reachable(timeout: float = 2.0) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", 5672), timeout=timeout):

@@ -18,7 +18,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from bridge.config import BridgeSettings, ConsumerSettings
-from tests.harness import AMQP_URL, delete_exchange, free_port
+from tests.harness import AMQP_URL, delete_exchange, delete_queue, free_port
 
 EXE = str(Path(sys.executable).with_name("dicom-bridge"))
 
@@ -179,21 +179,7 @@ def test_serve_and_example_consumer_round_trip(cli_exchange: str, tmp_path: Path
     logs = bridge.drain() + consumer.drain()
     assert "CompressedSamples" not in logs
     assert "Last^First" not in logs
-    _delete_queue(queue_name)
-
-
-def _delete_queue(name: str) -> None:
-    import asyncio
-
-    import aio_pika
-
-    async def delete() -> None:
-        connection = await aio_pika.connect(AMQP_URL)
-        async with connection:
-            channel = await connection.channel()
-            await channel.queue_delete(name)
-
-    asyncio.run(delete())
+    delete_queue(queue_name)
 
 
 def test_serve_with_broker_down_says_so_retries_and_fails_requests_fast(

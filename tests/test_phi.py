@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from tests.harness import AMQP_URL, association, delete_exchange, free_port
+from tests.harness import AMQP_URL, association, delete_exchange, delete_queue, free_port
 from tests.test_failures import _send_raw_store
 
 EXE = str(Path(sys.executable).with_name("dicom-bridge"))
@@ -78,8 +78,8 @@ def test_a_full_run_logs_no_patient_data(broker: None, tmp_path: Path) -> None:
     }
     bridge = _start("serve", "--host", "127.0.0.1", "--port", str(port),
                     "--log-format", "json", env=env)  # fmt: skip
-    consumer = _start("example-consumer", "--queue", f"test-phi-{uuid.uuid4().hex[:8]}",
-                      env=env)  # fmt: skip
+    queue = f"test-phi-{uuid.uuid4().hex[:8]}"
+    consumer = _start("example-consumer", "--queue", queue, env=env)
     logs: list[str] = []
     try:
         _wait_for(bridge, "connected to broker", logs)
@@ -140,6 +140,7 @@ def test_a_full_run_logs_no_patient_data(broker: None, tmp_path: Path) -> None:
                 out, _ = proc.communicate()
             logs.append(out or "")
         delete_exchange(exchange)
+        delete_queue(queue)
     text = "".join(logs)
     assert "C-STORE failed (bad-request)" in text  # the failure paths did log
     assert "association accepted" in text
