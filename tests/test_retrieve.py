@@ -273,17 +273,22 @@ def _get_association(port: int, stored: list[Dataset], fail: frozenset[str] = fr
     return ae, assoc
 
 
+def _c_get(port: int, stored: list[Dataset], fail: frozenset[str] = frozenset()) -> list[Any]:
+    """The statuses of one C-GET of a study, instances stored into ``stored``."""
+    ae, assoc = _get_association(port, stored, fail)
+    try:
+        return [s for s, _ in assoc.send_c_get(_study_query(), GET)]
+    finally:
+        assoc.release()
+        ae.shutdown()
+
+
 def test_c_get_performs_sub_operations_on_the_same_association(
     bridge: BridgeHarness, make_consumer: ConsumerFactory
 ) -> None:
     make_consumer(lambda request: [_file(name) for name in FILES], (Service.C_GET,))
     stored: list[Dataset] = []
-    ae, assoc = _get_association(bridge.port, stored)
-    try:
-        results = [s for s, _ in assoc.send_c_get(_study_query(), GET)]
-    finally:
-        assoc.release()
-        ae.shutdown()
+    results = _c_get(bridge.port, stored)
     assert [s.Status for s in results] == [0xFF00, 0xFF00, 0xFF00, 0x0000]
     assert [s.NumberOfRemainingSuboperations for s in results[:-1]] == [2, 1, 0]
     final = results[-1]
@@ -300,12 +305,7 @@ def test_c_get_reports_failed_sub_operations(
     make_consumer(lambda request: [_file(name) for name in FILES], (Service.C_GET,))
     failing = dcmread(_file("MR_small.dcm")).SOPInstanceUID
     stored: list[Dataset] = []
-    ae, assoc = _get_association(bridge.port, stored, fail=frozenset({failing}))
-    try:
-        results = [s for s, _ in assoc.send_c_get(_study_query(), GET)]
-    finally:
-        assoc.release()
-        ae.shutdown()
+    results = _c_get(bridge.port, stored, fail=frozenset({failing}))
     final = results[-1]
     assert final.Status == 0xB000
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 1)
@@ -315,12 +315,7 @@ def test_c_get_with_no_matches_is_success_with_zero_counts(
     bridge: BridgeHarness, make_consumer: ConsumerFactory
 ) -> None:
     make_consumer(lambda request: [], (Service.C_GET,))
-    ae, assoc = _get_association(bridge.port, [])
-    try:
-        results = [s for s, _ in assoc.send_c_get(_study_query(), GET)]
-    finally:
-        assoc.release()
-        ae.shutdown()
+    results = _c_get(bridge.port, [])
     assert [s.Status for s in results] == [0x0000]
 
 
@@ -328,12 +323,7 @@ def test_c_get_consumer_failure_before_any_sub_operation(
     bridge: BridgeHarness, make_consumer: ConsumerFactory
 ) -> None:
     make_consumer(lambda request: Response(0xA900, error_comment="unknown study"), (Service.C_GET,))
-    ae, assoc = _get_association(bridge.port, [])
-    try:
-        results = [s for s, _ in assoc.send_c_get(_study_query(), GET)]
-    finally:
-        assoc.release()
-        ae.shutdown()
+    results = _c_get(bridge.port, [])
     assert [s.Status for s in results] == [0xA900]
     assert results[0].ErrorComment == "unknown study"
 
@@ -348,12 +338,7 @@ def test_c_get_large_instances_travel_by_claim_check(
     consumer.consumer.store = type(harness.running.scp._store)(bulk)
     consumer.consumer.bulk_threshold = 1024
     stored: list[Dataset] = []
-    ae, assoc = _get_association(harness.port, stored)
-    try:
-        results = [s for s, _ in assoc.send_c_get(_study_query(), GET)]
-    finally:
-        assoc.release()
-        ae.shutdown()
+    results = _c_get(harness.port, stored)
     assert results[-1].Status == 0x0000
     assert stored[0].PixelData == dcmread(_file("CT_small.dcm")).PixelData
     assert not list(bulk.iterdir()), "claim-check files left behind"
