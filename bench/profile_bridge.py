@@ -261,6 +261,15 @@ def profile_case(case: str, seconds: float, out_dir: Path, consumer_side: bool) 
     text = [
         f"# {case}: {side} process, py-spy {seconds:.0f} s per recording at 250 Hz",
         f"{side} CPU use during the active recordings: {cpu_share:.2f} cores",
+    ]
+    return _write_report(base, text)
+
+
+def _write_report(base: Path, heading: list[str]) -> str:
+    """``heading`` lines, then the GIL and wall-time summaries of the recordings at
+    ``base``; written next to them and returned."""
+    text = [
+        *heading,
         "",
         "## samples holding the GIL (where Python CPU goes)",
         summarize(base.with_suffix(".gil.folded").read_text()),
@@ -370,15 +379,8 @@ def profile_sdk(seconds: float, out_dir: Path, queue_type: str) -> str:
         f"# consumer SDK alone ({queue_type} queue, {count} envelopes): {rate:.0f} envelopes/s "
         f"(profiled: py-spy slows it a little)",
         f"consumer CPU use during the recordings: {shares[0] if shares else 0:.2f} cores",
-        "",
-        "## samples holding the GIL (where Python CPU goes)",
-        summarize(base.with_suffix(".gil.folded").read_text()),
-        "## all threads, waits included (wall time)",
-        summarize(base.with_suffix(".idle.folded").read_text()),
     ]
-    report = "\n".join(text)
-    base.with_suffix(".txt").write_text(report)
-    return report + f"\nwritten: {base}.txt, .svg, .gil.folded, .idle.folded\n"
+    return _write_report(base, text)
 
 
 def association_setup(count: int, out_dir: Path) -> str:

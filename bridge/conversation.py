@@ -220,8 +220,9 @@ class Conversation:
             log.warning("cancel notice not published: %s", exc, extra={"correlation_id": self.id})
 
     def close(self) -> None:
-        """Forget the correlation id (later replies are late) and delete claim-check files
-        this request wrote."""
+        """End the request: forget the correlation id (later replies are late), delete the
+        claim-check files it wrote, and record how long it took (streams: until the last
+        answer)."""
         call, self._call = self._call, None
         if call is not None:
             try:
@@ -235,11 +236,8 @@ class Conversation:
                 log.warning("claim-check file not deleted: %s", exc.strerror)
         self._written.clear()
         self._span.close()
+        if self._metrics is not None:
+            self._metrics.duration.labels(self.service.value).observe(self.elapsed_ms() / 1000)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
-
-    def finished(self) -> None:
-        """Record how long the request took (streams: until the last answer)."""
-        if self._metrics is not None:
-            self._metrics.duration.labels(self.service.value).observe(self.elapsed_ms() / 1000)

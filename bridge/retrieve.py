@@ -84,7 +84,6 @@ def handle_find(event: Event, start: Start) -> Iterator[FindResult]:
     finally:
         if conversation is not None:
             conversation.close()
-            conversation.finished()
 
 
 def _in_context(conversation: Conversation, stream: Iterator[Any]) -> Iterator[Any]:
@@ -210,7 +209,6 @@ def handle_get(event: Event, start: Start, store: BulkStore) -> Iterator[Any]:
     finally:
         if conversation is not None:
             conversation.close()
-            conversation.finished()
 
 
 def _contexts(reply: Reply | None) -> list[PresentationContext]:
@@ -272,7 +270,6 @@ def handle_move(event: Event, start: Start, store: BulkStore, ae_table: AETable)
     finally:
         if conversation is not None:
             conversation.close()
-            conversation.finished()
 
 
 def _decode(document: dict[str, Any], fetch: Callable[[str], bytes] | None = None) -> Dataset:

@@ -409,7 +409,6 @@ class BridgeSCP:
         finally:
             if conversation is not None:
                 conversation.close()
-                conversation.finished()
         # pynetdicom wants a bare status where the response has no dataset (C-ECHO,
         # C-STORE, N-DELETE) and a (status, dataset) pair otherwise.
         if spec.reply_dataset is None:

@@ -173,14 +173,7 @@ Status = Literal["OK", "WARN", "FAIL"]
 _COLOURS: dict[Status, str] = {"OK": "green", "WARN": "yellow", "FAIL": "red"}
 
 # Services of the DIMSE-N service classes pynetdicom implements (its SCP() methods).
-_ALL_N = (
-    Service.N_EVENT_REPORT,
-    Service.N_GET,
-    Service.N_SET,
-    Service.N_ACTION,
-    Service.N_CREATE,
-    Service.N_DELETE,
-)
+_ALL_N = tuple(service for service in Service if service.value.startswith("n-"))
 _N_SERVICES: dict[str, tuple[Service, ...]] = {
     "ApplicationEventLoggingServiceClass": (Service.N_ACTION,),
     "DisplaySystemManagementServiceClass": (Service.N_GET,),
