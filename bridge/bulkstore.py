@@ -12,19 +12,31 @@ once it is sent on); :meth:`DirectoryStore.sweep` removes leftovers of crashed p
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from bridge.errors import CodecError
+
+COPY_CHUNK = 1 << 20
+"""Bytes per read and write when a range is copied through user space: the memory a copy
+takes at most."""
 
 
 class BulkStore(Protocol):
     def put(self, data: bytes) -> str:
         """Store ``data``; return its URI."""
+        ...
+
+    def put_range(self, source: int, offset: int, length: int) -> str:
+        """Store ``length`` bytes of the open file ``source`` (a file descriptor) from
+        ``offset`` without holding them in memory; return the URI. Raises OSError, also
+        when the file ends before the range does."""
         ...
 
     def get(self, uri: str) -> bytes:
@@ -67,12 +79,22 @@ class DirectoryStore:
         probe.unlink()
 
     def put(self, data: bytes) -> str:
+        return self._write(lambda out: out.write(data))
+
+    def put_range(self, source: int, offset: int, length: int) -> str:
+        return self._write(lambda out: copy_range(source, out.fileno(), offset, length))
+
+    def _write(self, fill: Callable[[Any], object]) -> str:
         name = uuid.uuid4().hex
         target = self.root / name
         partial = self.root / f".{name}.partial"
-        with open(partial, "wb") as handle:
-            handle.write(data)
-        os.replace(partial, target)
+        try:
+            with open(partial, "wb") as handle:
+                fill(handle)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a full disk must not keep half a value
+            raise
         return target.as_uri()
 
     def get(self, uri: str) -> bytes:
@@ -101,3 +123,42 @@ class DirectoryStore:
             except OSError:
                 continue
         return removed
+
+
+# copy_file_range cannot serve this pair of files (another filesystem on older kernels,
+# filesystems without support, special files): copy through user space instead.
+_NO_KERNEL_COPY = frozenset(
+    {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.ETXTBSY}
+)
+
+
+def copy_range(source: int, target: int, offset: int, length: int) -> None:
+    """Append ``length`` bytes of file descriptor ``source`` from ``offset`` to
+    ``target`` at its current position. In the kernel where it can
+    (``os.copy_file_range``: no copy through user space, a reflink on filesystems that
+    share extents), else in :data:`COPY_CHUNK` pieces. Raises OSError, ``EIO`` when
+    ``source`` ends before the range does."""
+    position, remaining = offset, length
+    if hasattr(os, "copy_file_range"):
+        try:
+            while remaining:
+                copied = os.copy_file_range(source, target, remaining, position)
+                if not copied:
+                    raise OSError(errno.EIO, "file ends before the value does")
+                position += copied
+                remaining -= copied
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+    buffer = bytearray(min(COPY_CHUNK, remaining))
+    view = memoryview(buffer)
+    while remaining:
+        got = os.preadv(source, [view[: min(remaining, len(buffer))]], position)
+        if not got:
+            raise OSError(errno.EIO, "file ends before the value does")
+        written = 0
+        while written < got:
+            written += os.write(target, view[written:got])
+        position += got
+        remaining -= got

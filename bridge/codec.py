@@ -1,9 +1,10 @@
 """Envelopes and replies: pynetdicom ``Event`` -> JSON envelope, JSON reply -> DIMSE answer.
 
-Pure: no I/O, no clock (callers pass times in). Runs in pynetdicom's handler threads on
-the way out and in the consumer SDK on the way in. Datasets use the DICOM JSON Model
-(:mod:`bridge.dicomjson`); the documents are described by ``schemas/envelope.schema.json``
-and ``schemas/reply.schema.json``.
+Pure: no I/O but through the bulk data sink and data set file callers pass, no clock
+(callers pass times in). Runs in pynetdicom's handler threads on the way out and in the
+consumer SDK on the way in. Datasets use the DICOM JSON Model (:mod:`bridge.dicomjson`);
+the documents are described by ``schemas/envelope.schema.json`` and
+``schemas/reply.schema.json``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from pydicom.dataset import Dataset
@@ -57,6 +58,15 @@ STREAM_FIELDS = ("sub_operations", "transfer_syntax_uid", "destination", "presen
 
 _TAG_TEXT = re.compile(r"^[0-9A-Fa-f]{8}$")
 _UID_TEXT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+class DatasetFile(dicomjson.DeferredValues, Protocol):
+    """A C-STORE data set that pynetdicom received into a file
+    (:class:`bridge.received.ReceivedDataSet`)."""
+
+    def load(self) -> Dataset | None:
+        """The data set, its large values left in the file; None when it is empty."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -146,10 +156,24 @@ def sop_class_of(fields: Mapping[str, Any], abstract_syntax: str) -> str:
 
 
 def _request_dataset(
-    event: Event, name: str, bulk_data: dicomjson.BulkDataSink | None
+    event: Event,
+    name: str,
+    bulk_data: dicomjson.BulkDataSink | None,
+    dataset_file: DatasetFile | None = None,
 ) -> JSONDict | None:
+    deferred = None
     if name == "file_meta":
         ds: Dataset = event.file_meta
+    elif name == "dataset" and dataset_file is not None:
+        try:
+            loaded = dataset_file.load()
+        except Exception as exc:  # what the in-memory path below says for the same bytes
+            if _disk_error(exc):
+                raise
+            raise CodecError(f"{name} cannot be decoded ({type(exc).__name__})") from exc
+        if loaded is None:
+            return None
+        ds, deferred = loaded, dataset_file
     else:
         # An absent optional dataset (N-EVENT-REPORT without Event Information...) is null,
         # an empty one is {}.
@@ -169,12 +193,21 @@ def _request_dataset(
         except Exception as exc:
             raise CodecError(f"{name} cannot be decoded ({type(exc).__name__})") from exc
     try:
-        return dicomjson.dataset_to_json(ds, bulk_data=bulk_data)
+        return dicomjson.dataset_to_json(ds, bulk_data=bulk_data, deferred=deferred)
     except CodecError as exc:
         raise CodecError(f"{name}: {exc.message}") from exc
     except Exception as exc:
+        if _disk_error(exc):
+            raise
         # pydicom parses lazily, so a broken element surfaces only here.
         raise CodecError(f"{name} cannot be decoded ({type(exc).__name__})") from exc
+
+
+def _disk_error(exc: Exception) -> bool:
+    """Whether ``exc`` is an error of the bridge's disk (the claim-check store, a received
+    data set file), which callers report as such: an OSError with an errno. pydicom also
+    raises OSError, without one, for bytes it cannot parse: that is the peer's data."""
+    return isinstance(exc, OSError) and exc.errno is not None
 
 
 def build_envelope(
@@ -185,12 +218,20 @@ def build_envelope(
     association: AssociationInfo,
     deadline: datetime | None,
     bulk_data: dicomjson.BulkDataSink | None = None,
+    dataset_file: DatasetFile | None = None,
 ) -> JSONDict:
     """The envelope for one request, as a JSON-ready dict.
 
+    ``dataset_file`` is the C-STORE data set when pynetdicom received it into a file
+    (``event.request.DataSet`` is then empty); the envelope is the same as for the data
+    set in memory, its large binary values going to ``dataset_file.claim`` instead of
+    ``bulk_data``.
+
     Raises :class:`~bridge.errors.CodecError` when a dataset of the request cannot be
-    decoded or converted. A ``deadline`` of None marks a publish-only request: the bridge
-    has answered the peer already and expects no reply (``"reply_expected": false``).
+    decoded or converted, OSError (with an errno) when the claim-check store or
+    ``dataset_file`` cannot be written or read. A ``deadline`` of None marks a
+    publish-only request: the bridge has answered the peer already and expects no reply
+    (``"reply_expected": false``).
     """
     context = event.context
     fields = command_fields(event.request)
@@ -213,7 +254,7 @@ def build_envelope(
     if deadline is None:
         envelope["reply_expected"] = False
     for name in service.spec.request_datasets:
-        envelope[name] = _request_dataset(event, name, bulk_data)
+        envelope[name] = _request_dataset(event, name, bulk_data, dataset_file)
     if service.spec.streamed:
         model = sopclasses.query_model(envelope["sop_class_uid"])
         envelope["query_model"] = model

@@ -224,11 +224,29 @@ class BridgeSettings(BrokerSettings, CommandOptions):
         description="Largest DIMSE message (command and data set) a peer may send, in "
         "bytes; a larger one aborts the association (0: no limit).",
     )
+    receive_to_disk: bool = Field(
+        True,
+        description="Receive C-STORE data sets into files in --receive-dir instead of "
+        "memory; values above --bulk-threshold are then copied from there to the "
+        "claim-check directory, so a large instance never sits in the bridge's memory. "
+        "Applies to the whole process (pynetdicom has one switch for it).",
+    )
+    receive_dir: Path | None = Field(
+        None,
+        description="Directory of the C-STORE data sets being received, which needs room "
+        "for those of every open association (default: .receiving in --bulk-dir: the same "
+        "filesystem, where the copy to the claim-check directory stays in the kernel).",
+    )
     tcp_tuning: bool = Field(
         True,
         description="Set TCP_NODELAY and TCP_QUICKACK on DICOM connections (peers that "
-        "write command and data set separately are served ~10x faster) and shorten "
-        "pynetdicom's idle polling delay.",
+        "write command and data set separately are served ~10x faster).",
+    )
+    event_reactors: bool = Field(
+        True,
+        description="Run each DICOM association's pynetdicom threads event-driven "
+        "instead of polling every 1 ms (bridge.reactor): less CPU per open association "
+        "and no timer ticks in the request path.",
     )
     max_request_rate: float = Field(
         1000.0,
@@ -364,6 +382,11 @@ class BridgeSettings(BrokerSettings, CommandOptions):
         except ConfigError as exc:
             raise ValueError(exc.message) from None
         return self
+
+    @property
+    def receive_directory(self) -> Path:
+        """Where C-STORE data sets are received (``--receive-dir`` or its default)."""
+        return self.receive_dir or self.bulk_dir / ".receiving"
 
     def dicom_ssl_context(self) -> ssl.SSLContext | None:
         if self.tls_cert is None or self.tls_key is None:

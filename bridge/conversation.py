@@ -1,8 +1,10 @@
 """One DIMSE request's exchange with the consumers, driven from its handler thread.
 
-Builds the envelope (bulk data above the threshold goes to the claim-check store),
-publishes it, reads replies through the seam, and cleans up: forgets the correlation id
-and deletes the claim-check files it wrote. Every method raises only
+Builds the envelope (bulk data above the threshold goes to the claim-check store; a
+C-STORE data set that pynetdicom received into a file is read from there, its large values
+copied to the store without passing through memory, and the file deleted), publishes it,
+reads replies through the seam, and cleans up: forgets the correlation id and deletes the
+claim-check files it wrote. Every method raises only
 :class:`~bridge.errors.BridgeError` subclasses for failures the peer must hear about.
 """
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bridge import codec, tracing
+from bridge import codec, received, tracing
 from bridge.bulkstore import BulkStore
 from bridge.codec import AssociationInfo, Reply
 from bridge.errors import BrokerUnavailable, CodecError, Failure, ReplyError, ReplyTimeout
@@ -31,6 +33,8 @@ from bridge.seam import Seam
 from bridge.transport import Call, Outbound, Transport, request_reply
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pynetdicom.events import Event
 
 log = logging.getLogger(__name__)
@@ -89,10 +93,39 @@ class Conversation:
         self._written.append(uri)
         return uri
 
+    def _claim(self, tag: int, vr: str, value: received.FileRange) -> str | None:
+        """:meth:`_sink` for a value still in the received file: the same decision, and a
+        copy from file to file instead of a write from memory."""
+        if len(value) <= self._limits.bulk_threshold:
+            return None
+        uri = self._store.put_range(value.fileno, value.offset, value.length)
+        self._written.append(uri)
+        return uri
+
+    def _dataset_file(self) -> received.ReceivedDataSet | None:
+        """The C-STORE data set pynetdicom received into a file (:mod:`bridge.received`),
+        not read yet; None when the request holds its data set in memory."""
+        if self.service is not Service.C_STORE:
+            return None
+        try:
+            # Typed Path, but None when pynetdicom received the data set into memory.
+            path: Path | None = self.event.dataset_path
+        except AttributeError:
+            return None
+        if path is None:
+            return None
+        return received.ReceivedDataSet(
+            path,
+            self.event.context.transfer_syntax,
+            defer_size=self._limits.bulk_threshold,
+            claim=self._claim,
+        )
+
     def _message(self, *, reply: bool = True) -> Outbound:
         limits = self._limits
         now = datetime.now(UTC)
         deadline = now + timedelta(seconds=limits.reply_timeout) if reply else None
+        dataset_file = self._dataset_file()
         try:
             self.envelope = codec.build_envelope(
                 self.event,
@@ -101,9 +134,17 @@ class Conversation:
                 association=self.info,
                 deadline=deadline,
                 bulk_data=self._sink,
+                dataset_file=dataset_file,
             )
         except OSError as exc:
             raise BrokerUnavailable(f"claim-check store: {exc.strerror or exc}") from exc
+        finally:
+            if dataset_file is not None:
+                dataset_file.close()
+                # Its large values are in the claim-check store, the rest in the envelope:
+                # free the disk now rather than after the reply (pynetdicom's own delete
+                # then finds nothing, which it allows).
+                received.remove(dataset_file.path)
         body = codec.dumps(self.envelope)
         if self._metrics is not None:
             self._metrics.sent(len(body))

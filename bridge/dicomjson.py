@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal, localcontext
 from io import BufferedIOBase
 from operator import itemgetter
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from pydicom import config as pydicom_config
 from pydicom._dicom_dict import DicomDictionary
@@ -63,12 +63,50 @@ from pydicom.values import convert_SQ
 
 from bridge.errors import CodecError
 
-__all__ = ["BulkDataSink", "BulkDataSource", "dataset_to_json", "json_to_dataset"]
+__all__ = [
+    "BulkDataSink",
+    "BulkDataSource",
+    "DeferredValue",
+    "DeferredValues",
+    "dataset_to_json",
+    "json_to_dataset",
+]
 
 BulkDataSink = Callable[[int, str, bytes], str | None]
 """``(tag, vr, value) -> BulkDataURI``, or ``None`` to inline the value as base64."""
 BulkDataSource = Callable[[str], bytes]
 """``BulkDataURI -> value``."""
+
+
+class DeferredValue(Protocol):
+    """A value that a dataset read with ``defer_size`` left in its file, as stored there."""
+
+    def __len__(self) -> int:
+        """Its length in bytes (an undefined length resolved to the bytes before the
+        Sequence Delimitation Item, which is what pydicom reads as the value)."""
+        ...
+
+    def read(self) -> bytes:
+        """Its bytes, in memory."""
+        ...
+
+
+class DeferredValues(Protocol):
+    """The values a dataset read with ``defer_size`` left in its file (a RawDataElement
+    whose ``value`` is None), so that :func:`dataset_to_json` can claim-check large binary
+    values without holding them."""
+
+    def value(self, raw: RawDataElement) -> bytes | DeferredValue:
+        """Where the value of ``raw`` is; its bytes when it cannot be located without
+        reading it."""
+        ...
+
+    def claim(self, tag: int, vr: str, value: DeferredValue) -> str | None:
+        """The BulkDataURI of a non-empty little endian binary value, or None to inline it.
+        Must decide as the ``bulk_data`` sink would for the same bytes, so that the JSON
+        does not depend on whether a value was deferred."""
+        ...
+
 
 _Json = dict[str, Any]
 
@@ -354,7 +392,7 @@ def _at_element(tag: int, data: bytes, little: bool) -> _Json:
 class _Level:
     """What values of one dataset need from it and its ancestors."""
 
-    __slots__ = ("elements", "encodings", "little", "pixel_rep", "sink")
+    __slots__ = ("deferred", "elements", "encodings", "little", "pixel_rep", "sink")
 
     def __init__(
         self,
@@ -363,15 +401,23 @@ class _Level:
         pixel_rep: int | None,
         little: bool,
         sink: BulkDataSink | None,
+        *,
+        deferred: DeferredValues | None = None,
     ) -> None:
         self.elements = elements
         self.encodings = encodings
         self.pixel_rep = pixel_rep
         self.little = little
         self.sink = sink
+        self.deferred = deferred
 
 
-def dataset_to_json(ds: Dataset, *, bulk_data: BulkDataSink | None = None) -> dict[str, Any]:
+def dataset_to_json(
+    ds: Dataset,
+    *,
+    bulk_data: BulkDataSink | None = None,
+    deferred: DeferredValues | None = None,
+) -> dict[str, Any]:
     """Return the DICOM JSON Model object (PS3.18 F.2) of `ds`.
 
     `ds` may hold raw elements (read from bytes; they are decoded here and left raw in
@@ -380,11 +426,16 @@ def dataset_to_json(ds: Dataset, *, bulk_data: BulkDataSink | None = None) -> di
     OB/OD/OF/OL/OV/OW/UN value with ``(tag, vr, little endian bytes)``; a returned string
     becomes ``"BulkDataURI"``, ``None`` inlines the value as ``"InlineBinary"``.
 
+    `deferred` gives the values of a dataset read with ``defer_size`` (top-level raw
+    elements whose value is None): a little endian binary value goes to
+    ``deferred.claim`` without being read, every other one is read and converted as if
+    it had been read with the dataset, so the JSON is the same either way.
+
     Raises CodecError if a value cannot be represented exactly: invalid IS/DS, NaN or
     infinite floats, a binary length that is not a multiple of the VR's size, bytes that
-    the Specific Character Set cannot decode, a deferred (not yet read) value, ...
+    the Specific Character Set cannot decode, a deferred value without `deferred`, ...
     """
-    return _encode_dataset(ds, _DEFAULT_ENCODINGS, None, True, bulk_data)
+    return _encode_dataset(ds, _DEFAULT_ENCODINGS, None, True, bulk_data, deferred=deferred)
 
 
 def _encode_dataset(
@@ -393,11 +444,13 @@ def _encode_dataset(
     pixel_rep: int | None,
     little: bool,
     sink: BulkDataSink | None,
+    *,
+    deferred: DeferredValues | None = None,
 ) -> _Json:
     elements: Mapping[Any, Any] = ds._dict
     if ds.original_encoding[1] is not None:
         little = ds.original_encoding[1]
-    level = _Level(elements, encodings, pixel_rep, little, sink)
+    level = _Level(elements, encodings, pixel_rep, little, sink, deferred=deferred)
     charset = elements.get(0x00080005)
     if charset is not None:
         level.encodings = _charset_of(charset)
@@ -481,10 +534,13 @@ def _resolve_ambiguous(
     return "OW"  # 'US or SS or OW' (retired Gray LUT Data): bytes keep everything
 
 
-def _vr_of_raw(raw: RawDataElement, level: _Level) -> tuple[str, bool]:
-    """The VR of a raw element and whether it was guessed (private dictionary, or a known
-    VR replacing an explicit UN): a guessed VR that does not fit the bytes falls back to UN,
-    as the bytes are not wrong, the guess is."""
+def _vr_of_raw(
+    raw: RawDataElement, level: _Level, value: bytes | DeferredValue | None
+) -> tuple[str, bool]:
+    """The VR of a raw element with ``value`` (its value, or where a deferred one is) and
+    whether it was guessed (private dictionary, or a known VR replacing an explicit UN): a
+    guessed VR that does not fit the bytes falls back to UN, as the bytes are not wrong,
+    the guess is."""
     vr = raw.VR
     tag = raw.tag
     if vr is not None and vr != "UN":
@@ -503,7 +559,7 @@ def _vr_of_raw(raw: RawDataElement, level: _Level) -> tuple[str, bool]:
                 if private_vr is not None:
                     return private_vr, True
         return "UN", False
-    if vr == "UN" and raw.value is not None and len(raw.value) >= 0xFFFF:
+    if vr == "UN" and value is not None and len(value) >= 0xFFFF:
         return "UN", False  # PS3.5 6.2.2: a too long value of a known VR is sent as UN
     entry = DicomDictionary.get(tag)
     if entry is not None:
@@ -539,20 +595,43 @@ def _creator_name(elem: Any, level: _Level) -> str:
 
 def _encode_raw(raw: RawDataElement, level: _Level) -> _Json:
     tag = raw.tag
-    vr, guessed = _vr_of_raw(raw, level)
-    data = raw.value
-    if data is None:
+    value: bytes | DeferredValue | None = raw.value
+    if value is None and raw.length and level.deferred is not None:
+        value = level.deferred.value(raw)
+    vr, guessed = _vr_of_raw(raw, level, value)
+    if value is None:
         if raw.length and raw.length != _UNDEFINED:
             raise _error(tag, vr, "deferred value: read the dataset without defer_size")
-        data = b""
-    if raw.length != _UNDEFINED and len(data) != raw.length:
+        value = b""
+    if raw.length != _UNDEFINED and len(value) != raw.length:
         # pydicom's reader keeps what is there when the stream ends early.
         raise _error(tag, vr, "value shorter than its declared length")
     if " " in vr:
         undefined = raw.length == _UNDEFINED
         vr = _resolve_ambiguous(
-            tag, vr, level, size=len(data), undefined=undefined, implicit=raw.VR is None
+            tag, vr, level, size=len(value), undefined=undefined, implicit=raw.VR is None
         )
+    if raw.value is not None or isinstance(value, bytes):
+        data = cast(bytes, value)
+    else:
+        # Still in its file: a binary value the bytes path would hand to the sink as it is
+        # (non-empty, little endian, a whole number of words) is claimed without reading
+        # it; anything else is read and takes the bytes path, errors included.
+        located = value  # not bytes: a DeferredValue
+        size = len(located)
+        if (
+            vr in _BINARY
+            and raw.is_little_endian
+            and size > 0
+            and not size % _BINARY[vr]
+            and level.deferred is not None
+        ):
+            uri = level.deferred.claim(int(tag), vr, located)
+            if uri is not None:
+                if not isinstance(uri, str):
+                    raise _error(tag, vr, "bulk data sink returned a non-string URI")
+                return {"vr": vr, "BulkDataURI": uri}
+        data = located.read()
     try:
         return _raw_value(tag, vr, data, raw, level)
     except (_Invalid, UnicodeError, LookupError, struct.error) as exc:

@@ -679,6 +679,26 @@ def test_bulk_dir_is_one_shared_writable_volume(objects: list[Obj]) -> None:
     assert seen == {(dockerfile_env()["BRIDGE_BULK_DIR"], claim["metadata"]["name"])}
 
 
+def test_cstore_data_sets_are_received_on_the_bulk_volume(objects: list[Obj]) -> None:
+    """The bridge receives C-STORE data sets into files (BRIDGE_RECEIVE_DIR): they must land
+    on the bulk volume, not on /tmp, an emptyDir of 64Mi that one large instance would
+    overflow (the kubelet then evicts the pod)."""
+    deployment, container = bridge(objects)
+    env = environment(objects, container)
+    assert env.get("BRIDGE_RECEIVE_TO_DISK", "true") == "true"
+    settings = BridgeSettings.model_construct(
+        bulk_dir=Path(env["BRIDGE_BULK_DIR"]),
+        receive_dir=Path(env["BRIDGE_RECEIVE_DIR"]) if "BRIDGE_RECEIVE_DIR" in env else None,
+    )
+    receive = PurePosixPath(settings.receive_directory)
+    mounts = [m for m in container["volumeMounts"] if receive.is_relative_to(m["mountPath"])]
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    assert mount["mountPath"] == env["BRIDGE_BULK_DIR"], receive
+    assert not mount.get("readOnly")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "persistentVolumeClaim" in volumes[mount["name"]]
+
+
 def test_ae_table_is_a_mounted_configmap_file(objects: list[Obj]) -> None:
     deployment, container = bridge(objects)
     path = PurePosixPath(environment(objects, container)["BRIDGE_AE_TABLE"])

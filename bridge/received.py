@@ -1,0 +1,289 @@
+"""C-STORE data sets received into files, so that a large instance never sits in memory.
+
+With :func:`enable`, pynetdicom (``_config.STORE_RECV_CHUNKED_DATASET``) writes the
+fragments of every C-STORE data set to a file as they arrive instead of joining them in
+memory; the handler then finds ``event.request.DataSet`` empty and ``event.dataset_path``
+set. The file (pynetdicom 3.0.4, ``DIMSEMessage.decode_msg``) holds a 128-byte preamble,
+``DICM``, File Meta Information that pynetdicom writes from the request (Explicit VR Little
+Endian, group length first, the accepted transfer syntax) and then the data set bytes as
+received.
+
+pynetdicom deletes the file after the handler returns; the bridge deletes it sooner, once
+the envelope is built. Two files pynetdicom never deletes: a data set whose association
+ends while it is still arriving (an abort, the size guard of :mod:`bridge.guard`), and a
+complete request still queued when the association ends. :func:`discard_partial` and
+:func:`discard_queued` delete those; :func:`sweep` removes what a killed process left.
+
+:class:`ReceivedDataSet` parses such a file as pynetdicom parses the received bytes
+(``pydicom.filereader.read_dataset`` with the context's transfer syntax), except that
+values longer than ``defer_size`` stay in the file. It is the
+:class:`~bridge.dicomjson.DeferredValues` of the dataset it returns, so the DICOM JSON is
+the one of the in-memory path, and a large binary value goes to the claim-check store by
+a copy in the kernel, never through the bridge's memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import struct
+import tempfile
+import threading
+import time
+import weakref
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BufferedReader, BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.fileutil import read_undefined_length_value
+from pydicom.tag import SequenceDelimiterTag
+from pydicom.uid import UID
+from pynetdicom import _config, dimse_messages
+
+from bridge.errors import CodecError
+
+if TYPE_CHECKING:
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+
+log = logging.getLogger(__name__)
+
+PREFIX: Final = "c-store-"
+"""Names of the files pynetdicom receives data sets into (then random, then ``.dcm``)."""
+SWEEP_AGE: Final = 3600.0
+"""Seconds after its last write a file in the receive directory counts as left behind: a
+data set being received is written to at least every PDU, and a received one is deleted
+within the reply timeout."""
+
+_UNDEFINED: Final = 0xFFFFFFFF
+# Preamble, "DICM", then (0002,0000) UL with length 4: the first 144 bytes of every file.
+_HEAD: Final = 144
+_GROUP_LENGTH: Final = b"\x02\x00\x00\x00UL\x04\x00"
+
+# Receive directory of each bridge's AE. Weak: a stopped bridge's AE goes away.
+_directories: weakref.WeakKeyDictionary[AE, Path] = weakref.WeakKeyDictionary()
+_installed = threading.Lock()
+
+
+def enable(ae: AE, directory: Path) -> None:
+    """Receive C-STORE data sets into files in ``directory`` on every association ``ae``
+    accepts. Raises OSError when ``directory`` cannot be created or written.
+
+    pynetdicom has one switch for the process: once any bridge enables this, every
+    association of the process receives C-STORE data sets into files. An association of
+    another AE (a test's peer, say) gets them in the system's temporary directory, where
+    pynetdicom puts them by default, and pynetdicom's ``event.dataset`` reads them from
+    there; only ``event.request.DataSet`` is empty.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
+        pass
+    with _installed:
+        _directories[ae] = directory
+        # pynetdicom names NamedTemporaryFile in its module and passes no directory.
+        dimse_messages.NamedTemporaryFile = _temporary_file  # type: ignore[attr-defined]
+        _config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def _temporary_file(*args: Any, **kwargs: Any) -> Any:
+    """pynetdicom's NamedTemporaryFile, in the receive directory of the association's AE.
+
+    pynetdicom creates the file in its DUL thread, which knows its association.
+    """
+    ae = getattr(getattr(threading.current_thread(), "assoc", None), "ae", None)
+    directory = _directories.get(ae) if ae is not None else None
+    if directory is not None:
+        kwargs.setdefault("dir", directory)
+        kwargs.setdefault("prefix", PREFIX)
+    return tempfile.NamedTemporaryFile(*args, **kwargs)
+
+
+def remove(path: Path) -> None:
+    """Delete a received file; one already gone is fine, other errors are logged."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("received data set file not deleted: %s", exc.strerror)
+
+
+def _discard(handle: Any) -> None:
+    if handle is None:
+        return
+    with contextlib.suppress(OSError, ValueError):  # a failed flush: deleted anyway
+        handle.close()
+    remove(Path(handle.name))
+
+
+def discard_partial(assoc: Association) -> None:
+    """Delete the file of a data set still arriving on ``assoc``; call it once the
+    connection is closed (``EVT_CONN_CLOSE``, in the thread that wrote the file), when no
+    more of it can arrive."""
+    message = getattr(assoc.dimse, "message", None)
+    _discard(getattr(message, "_data_set_file", None))
+
+
+def discard_queued(assoc: Association) -> None:
+    """Delete the files of complete C-STORE requests that ``assoc`` will never handle;
+    call it when the association has ended (``EVT_RELEASED``, ``EVT_ABORTED``)."""
+    queue = assoc.dimse.msg_queue
+    with queue.mutex:
+        items = list(queue.queue)
+    for _, primitive in items:
+        _discard(getattr(primitive, "_dataset_file", None))
+
+
+def sweep(directory: Path, max_age: float = SWEEP_AGE) -> int:
+    """Delete received files not written for ``max_age`` seconds (left by a process that
+    was killed); returns how many."""
+    cutoff = time.time() - max_age
+    removed = 0
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith((PREFIX, ".probe-")):
+            continue
+        try:
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                entry.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """A value still in the received file: ``length`` bytes at ``offset`` of the open file
+    descriptor ``fileno`` (valid until :meth:`ReceivedDataSet.close`)."""
+
+    fileno: int
+    offset: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self) -> bytes:
+        data = os.pread(self.fileno, self.length, self.offset)
+        if len(data) != self.length:
+            raise OSError(errno.EIO, "received data set file is shorter than when it was read")
+        return data
+
+
+Claim = Callable[[int, str, FileRange], str | None]
+"""``(tag, vr, value) -> BulkDataURI`` or None to inline the value: the claim-check of a
+value in the file (``bridge.dicomjson.DeferredValues.claim``)."""
+
+
+class ReceivedDataSet:
+    """One received data set file: :meth:`load` parses it, the dataset's large values stay
+    in the file until :meth:`close`. Not thread-safe: one handler thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        transfer_syntax: UID,
+        *,
+        defer_size: int | None,
+        claim: Claim | None = None,
+    ) -> None:
+        self.path = path
+        self._syntax = transfer_syntax
+        self._defer_size = defer_size
+        self._claim = claim
+        self._file: BufferedReader | None = None
+        self._size = 0
+
+    def load(self) -> Dataset | None:
+        """The data set, read as pynetdicom reads received bytes, with values longer than
+        ``defer_size`` left in the file (none for deflated and big endian transfer syntaxes,
+        which are read whole as before); None when the request's data set is empty.
+        Raises OSError when the file cannot be read, and what pydicom raises for malformed
+        data."""
+        self.close()
+        self._file = handle = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        self._size = os.fstat(handle.fileno()).st_size
+        head = os.pread(handle.fileno(), _HEAD, 0)
+        if len(head) < _HEAD or head[128:132] != b"DICM" or head[132:140] != _GROUP_LENGTH:
+            raise CodecError("received data set file has no File Meta Information")
+        start = _HEAD + int.from_bytes(head[140:144], "little")
+        if start >= self._size:
+            return None
+        handle.seek(start)
+        syntax = self._syntax
+        if syntax.is_deflated:
+            # As pynetdicom's dsutils.decode: inflate in memory, Explicit VR Little Endian.
+            inflated = zlib.decompress(handle.read(), -zlib.MAX_WBITS)
+            return read_dataset(BytesIO(inflated), False, True)
+        defer = self._defer_size
+        if defer is None or self._size - start <= defer or not syntax.is_little_endian:
+            # Read whole, as pynetdicom does: a data set no larger than defer_size has no
+            # value to defer, and parsing it from memory spares a seek per element. Big
+            # endian values would need their words swapped on the way to the store: the
+            # retired transfer syntax is read whole, as it was before.
+            data = handle.read()
+            return read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+        return read_dataset(
+            handle, syntax.is_implicit_VR, syntax.is_little_endian, defer_size=defer
+        )
+
+    def close(self) -> None:
+        """Close the file (it is not deleted: see :func:`remove`)."""
+        handle, self._file = self._file, None
+        if handle is not None:
+            handle.close()
+
+    # -- bridge.dicomjson.DeferredValues ------------------------------------------------
+
+    def value(self, raw: RawDataElement) -> bytes | FileRange:
+        """Where the deferred value of ``raw`` is in the file, as pydicom would have read
+        it: a defined length up to the end of the file (a shorter value is an error the
+        encoder reports), an undefined length up to its Sequence Delimitation Item."""
+        handle = self._file
+        assert handle is not None, "load() first"
+        start = raw.value_tell
+        if raw.length != _UNDEFINED:
+            return FileRange(handle.fileno(), start, max(0, min(raw.length, self._size - start)))
+        end = self._fragments_end(start, raw.is_little_endian)
+        if end is not None:
+            return FileRange(handle.fileno(), start, end - start)
+        # Not encapsulated fragments: pydicom scans the bytes for the delimiter; read the
+        # value the same way (in memory: only malformed data gets here).
+        handle.seek(start)
+        data = read_undefined_length_value(handle, raw.is_little_endian, SequenceDelimiterTag)
+        return cast(bytes, data)
+
+    def claim(self, tag: int, vr: str, value: Any) -> str | None:
+        if self._claim is None or not isinstance(value, FileRange):
+            return None
+        return self._claim(tag, vr, value)
+
+    def _fragments_end(self, start: int, little: bool) -> int | None:
+        """Where the Sequence Delimitation Item after the items from ``start`` is, walking
+        the items as pydicom's ``_try_read_encapsulated_pixel_data`` does (it falls back to
+        a byte scan exactly where this returns None)."""
+        assert self._file is not None
+        fileno = self._file.fileno()
+        order = "<" if little else ">"
+        item = struct.pack(f"{order}HH", 0xFFFE, 0xE000)
+        delimiter = struct.pack(f"{order}HH", 0xFFFE, 0xE0DD)
+        position = start
+        while True:
+            header = os.pread(fileno, 8, position)
+            if len(header) < 4:
+                return None
+            if header[:4] == delimiter:
+                return position
+            if header[:4] != item or len(header) < 8:
+                return None
+            position += 8 + struct.unpack(f"{order}L", header[4:])[0]

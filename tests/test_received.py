@@ -1,0 +1,648 @@
+"""C-STORE data sets received into files (bridge/received.py): the envelope is the one of
+the in-memory path, large values never pass through memory, and no file is left behind.
+
+Unit tests feed pynetdicom's own DIMSE decoder (the code that writes the file in the SCP)
+and build envelopes with the bridge's Conversation; the tests at the end send through a
+bridge on the real broker.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import struct
+import tempfile
+import threading
+import time
+import tracemalloc
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from io import BytesIO
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from pydicom import examples
+from pydicom.data import get_charset_files, get_testdata_file, get_testdata_files
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+)
+from pynetdicom import AE, _config, dimse_messages, evt
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from bridge import bulkstore, dicomjson, received
+from bridge.bulkstore import DirectoryStore, path_of
+from bridge.codec import AssociationInfo
+from bridge.consumer import Request
+from bridge.conversation import Conversation, Limits
+from bridge.errors import BridgeError
+from bridge.model import Service
+from tests.conftest import BridgeFactory, ConsumerFactory
+from tests.harness import RawResponder, association
+
+MULTIFRAME = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC Image Storage
+INSTANCE = "1.2.826.0.1.3680043.8.498.4242"
+INFO = AssociationInfo("assoc", "TEST-SCU", "DICOM-BRIDGE", "127.0.0.1", 1234)
+TIMESTAMP = datetime(2026, 1, 2, 3, 4, 5, 600000)
+URI = re.compile(rb'"BulkDataURI":"([^"]+)"')
+DEADLINE = re.compile(rb'"deadline":"[^"]+"')
+
+Outcome = tuple[str, bytes]
+"""("ok", normalized body) or ("error", "<class>: <message>")."""
+
+
+# -- pynetdicom's receiving end, without a network ------------------------------------------
+
+
+def _primitive(
+    data: bytes, syntax: UID, *, to_file: bool, sop_class: str = CTImageStorage
+) -> C_STORE:
+    """The C-STORE request primitive pynetdicom's SCP hands its handler for a data set
+    ``data`` encoded in ``syntax``: in memory, or received into a file
+    (``STORE_RECV_CHUNKED_DATASET``). Made by pynetdicom's own encoder and decoder."""
+    request = C_STORE()
+    request.MessageID = 7
+    request.AffectedSOPClassUID = sop_class
+    request.AffectedSOPInstanceUID = INSTANCE
+    request.Priority = 2
+    request.DataSet = BytesIO(data)
+    outgoing = C_STORE_RQ()
+    outgoing.primitive_to_message(request)
+    context = PresentationContext()
+    context.context_id = 1
+    context.abstract_syntax = sop_class
+    context.transfer_syntax = [syntax]
+    incoming = DIMSEMessage()
+    saved = _config.STORE_RECV_CHUNKED_DATASET
+    _config.STORE_RECV_CHUNKED_DATASET = to_file
+    try:
+        for p_data in outgoing.encode_msg(1, 16384):
+            if incoming.decode_msg(p_data, SimpleNamespace(_accepted_cx={1: context})):  # type: ignore[arg-type]
+                break
+    finally:
+        _config.STORE_RECV_CHUNKED_DATASET = saved
+    primitive = incoming.message_to_primitive()
+    assert isinstance(primitive, C_STORE)
+    if to_file:
+        assert primitive._dataset_file is not None
+        primitive._dataset_file.close()  # as pynetdicom's SCP does after the handler
+    return primitive
+
+
+def _event(primitive: C_STORE, syntax: UID, sop_class: str = CTImageStorage) -> Event:
+    context = PresentationContext()
+    context.context_id = 1
+    context.abstract_syntax = sop_class
+    context.transfer_syntax = [syntax]
+    event = Event(None, evt.EVT_C_STORE, {"request": primitive, "context": context.as_tuple})  # type: ignore[arg-type]
+    event.timestamp = TIMESTAMP
+    return event
+
+
+def _normalized(body: bytes) -> bytes:
+    """The body with every BulkDataURI replaced by the SHA-256 of the file it names (so
+    that the contents are compared too) and the deadline (the clock) taken out."""
+
+    def digest(match: re.Match[bytes]) -> bytes:
+        data = path_of(match.group(1).decode()).read_bytes()
+        return b'"BulkDataURI":"sha256:' + hashlib.sha256(data).hexdigest().encode() + b'"'
+
+    return DEADLINE.sub(b'"deadline":null', URI.sub(digest, body))
+
+
+def _conversation(event: Event, store: DirectoryStore, limits: Limits) -> Conversation:
+    """A C-STORE conversation whose ``_message()`` builds the body (it publishes nothing,
+    so it needs no transport)."""
+    nothing: Any = None
+    return Conversation(
+        event, Service.C_STORE, INFO, transport=nothing, seam=nothing, store=store, limits=limits
+    )
+
+
+def _envelope(event: Event, store: DirectoryStore, threshold: int) -> Outcome:
+    """What the bridge publishes for ``event``: the body its Conversation builds."""
+    limits = Limits(reply_timeout=10, publish_timeout=5, bulk_threshold=threshold,
+                    max_message_size=1 << 30)  # fmt: skip
+    conversation = _conversation(event, store, limits)
+    conversation.id = "request-id"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's warnings on odd test files
+            body = conversation._message().body
+        return "ok", _normalized(body)
+    except BridgeError as exc:
+        return "error", f"{type(exc).__name__}: {exc.message}".encode()
+    finally:
+        conversation.close()  # deletes the claim-check files it wrote
+
+
+def _both(
+    data: bytes, syntax: UID, store: DirectoryStore, threshold: int
+) -> tuple[Outcome, Outcome, Path]:
+    memory = _envelope(_event(_primitive(data, syntax, to_file=False), syntax), store, threshold)
+    primitive = _primitive(data, syntax, to_file=True)
+    assert primitive._dataset_path is not None
+    path = Path(str(primitive._dataset_path))
+    from_file = _envelope(_event(primitive, syntax), store, threshold)
+    return memory, from_file, path
+
+
+class CountingStore(DirectoryStore):
+    """Counts values stored from memory and copied from a received file."""
+
+    puts = ranges = 0
+
+    def put(self, data: bytes) -> str:
+        self.puts += 1
+        return super().put(data)
+
+    def put_range(self, source: int, offset: int, length: int) -> str:
+        self.ranges += 1
+        return super().put_range(source, offset, length)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CountingStore:
+    bulk = CountingStore(tmp_path / "bulk")
+    bulk.ensure()
+    return bulk
+
+
+def _stored_data_set(path: str) -> tuple[bytes, UID]:
+    """A test file's data set bytes as they would travel in a C-STORE, and their transfer
+    syntax (implicit VR little endian for files without File Meta Information)."""
+    with open(path, "rb") as handle:
+        read_preamble(handle, force=True)
+        meta = _read_file_meta_info(handle)
+        data = handle.read()
+    syntax = meta.get("TransferSyntaxUID") or ImplicitVRLittleEndian
+    return data, UID(str(syntax))
+
+
+def _dicom_files() -> list[str]:
+    return sorted(p for p in {*get_testdata_files(), *get_charset_files()} if os.path.isfile(p))
+
+
+# -- the envelope is the in-memory path's -------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("threshold", [16, 1 << 20], ids=["16 B", "1 MiB"])
+def test_envelope_from_file_is_the_in_memory_envelope(store: CountingStore, threshold: int) -> None:
+    """Every pydicom test file as a C-STORE data set (all transfer syntaxes pydicom ships:
+    implicit, explicit, big endian, deflated, encapsulated), with a threshold that defers
+    almost every value and with the default: the same body byte for byte (bulk files
+    compared by content), or the same error; no received file left."""
+    checked = errors = claimed = 0
+    for name in _dicom_files():
+        data, syntax = _stored_data_set(name)
+        memory, from_file, path = _both(data, syntax, store, threshold)
+        assert from_file == memory, os.path.basename(name)
+        assert not path.exists(), "received file not deleted"
+        checked += 1
+        errors += memory[0] == "error"
+        claimed += memory[1].count(b"sha256:")
+    assert checked >= 150, checked  # pydicom 3.0.2 ships ~190 .dcm files
+    assert errors < checked // 4
+    if threshold == 16:  # no test file has a value over 1 MiB
+        assert claimed > 100
+        assert store.ranges > 100  # copied from the received file
+    assert not list(store.root.iterdir()), "claim-check files left behind"
+
+
+def _element(tag: int, vr: str, value: bytes, *, undefined: bool = False) -> bytes:
+    """One explicit VR little endian element."""
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode()
+    length = 0xFFFFFFFF if undefined else len(value)
+    if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "SQ", "UN", "UC", "UR", "UT"):
+        return head + b"\0\0" + struct.pack("<L", length) + value
+    return head + struct.pack("<H", length) + value
+
+
+def _item(value: bytes) -> bytes:
+    return b"\xfe\xff\x00\xe0" + struct.pack("<L", len(value)) + value
+
+
+DELIMITER = b"\xfe\xff\xdd\xe0\0\0\0\0"
+HEADER = _element(0x00080016, "UI", CTImageStorage.encode() + b"\0")
+
+
+@pytest.mark.parametrize(
+    ("data", "syntax"),
+    [
+        # Encapsulated Pixel Data: undefined length, deferred and claimed by its items.
+        (HEADER + _element(0x7FE00010, "OB", _item(b"") + _item(os.urandom(3000))
+                           + _item(os.urandom(1001) + b"\0") + DELIMITER, undefined=True),
+         JPEGBaseline8Bit),
+        # Undefined length but no items: pydicom's byte scan finds the delimiter.
+        (HEADER + _element(0x00091010, "UN", os.urandom(500) + DELIMITER, undefined=True),
+         ExplicitVRLittleEndian),
+        # Items running past the end: neither path finds a delimiter.
+        (HEADER + _element(0x7FE00010, "OB", _item(os.urandom(100))[:50], undefined=True),
+         JPEGBaseline8Bit),
+        # A value declared longer than the data set.
+        (HEADER + _element(0x7FE00010, "OW", os.urandom(200))[:-50], ExplicitVRLittleEndian),
+        # An OW of odd length (refused), an OB of odd length (fine).
+        (HEADER + _element(0x00660023, "OW", os.urandom(301)), ExplicitVRLittleEndian),
+        (HEADER + _element(0x7FE00010, "OB", os.urandom(301)), ExplicitVRLittleEndian),
+        # A long text and a long sequence: deferred, read, converted as in memory.
+        (HEADER + _element(0x00204000, "LT", b"x" * 400)
+         + _element(0x00081140, "SQ", _item(_element(0x00081150, "UI", b"1.2.3\0") * 60)),
+         ExplicitVRLittleEndian),
+        # Implicit VR: OB or OW Pixel Data resolved as OW.
+        (struct.pack("<HHL", 0x7FE0, 0x0010, 400) + os.urandom(400), ImplicitVRLittleEndian),
+        # Empty data set: "dataset": null either way.
+        (b"", ExplicitVRLittleEndian),
+        (b"not a data set at all", ExplicitVRLittleEndian),
+    ],
+    ids=["encapsulated", "byte-scan", "runaway-items", "truncated", "odd-ow", "odd-ob",
+         "text-and-sequence", "implicit", "empty", "garbage"],
+)  # fmt: skip
+def test_edge_cases_give_the_in_memory_envelope(
+    store: DirectoryStore, data: bytes, syntax: UID
+) -> None:
+    for threshold in (16, 1 << 20):
+        memory, from_file, path = _both(data, syntax, store, threshold)
+        assert from_file == memory
+        assert not path.exists()
+    assert not list(store.root.iterdir())
+
+
+def test_big_endian_and_deflated_are_read_whole(store: DirectoryStore) -> None:
+    """Both are read into memory as before (nothing left in the file), same envelope."""
+    ds = examples.mr
+    for syntax in (ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian):
+        data = encode(ds, False, syntax.is_little_endian, syntax.is_deflated)
+        assert data is not None
+        memory, from_file, _ = _both(data, syntax, store, 64)
+        assert from_file == memory
+        assert memory[0] == "ok"
+        assert b"sha256:" in memory[1]
+        primitive = _primitive(data, syntax, to_file=True)
+        path = Path(str(primitive._dataset_path))
+        dataset_file = received.ReceivedDataSet(path, syntax, defer_size=64)
+        try:
+            loaded = dataset_file.load()
+            assert loaded is not None
+            deferred = [e for e in loaded.elements() if getattr(e, "length", 0) and e.value is None]
+            assert not deferred
+        finally:
+            dataset_file.close()
+            received.remove(path)
+
+
+def _large_data_set(megabytes: int) -> tuple[Dataset, bytes]:
+    ds = Dataset()
+    ds.SOPClassUID = MULTIFRAME
+    ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{uuid.uuid4().int % 10**12}"
+    ds.PatientName = "Large^Received"
+    ds.NumberOfFrames = megabytes * 2
+    ds.Rows = ds.Columns = 512
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    pixels = os.urandom(512 * 512 * 2 * ds.NumberOfFrames)
+    ds.PixelData = pixels
+    ds["PixelData"].VR = "OW"
+    return ds, pixels
+
+
+def test_large_value_is_copied_without_passing_through_memory(store: DirectoryStore) -> None:
+    """A 32 MB Pixel Data goes from the received file to the claim-check store: the
+    envelope build allocates a small fraction of it (the in-memory path holds it twice)."""
+    ds, pixels = _large_data_set(32)
+    data = encode(ds, False, True)
+    assert data is not None
+    primitive = _primitive(data, ExplicitVRLittleEndian, to_file=True, sop_class=MULTIFRAME)
+    del data, ds
+    event = _event(primitive, ExplicitVRLittleEndian, MULTIFRAME)
+    limits = Limits(reply_timeout=10, publish_timeout=5, bulk_threshold=1 << 20,
+                    max_message_size=1 << 24)  # fmt: skip
+    conversation = _conversation(event, store, limits)
+    tracemalloc.start()
+    try:
+        body = conversation._message().body
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20, f"{peak / 1e6:.1f} MB allocated for a 32 MB value"
+    envelope = orjson.loads(body)
+    uri = envelope["dataset"]["7FE00010"]["BulkDataURI"]
+    assert path_of(uri).read_bytes() == pixels
+    assert not Path(str(primitive._dataset_path)).exists()
+    conversation.close()
+    assert not path_of(uri).exists()
+
+
+# -- the pieces ------------------------------------------------------------------------------
+
+
+def test_copy_range_through_user_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where copy_file_range cannot copy (another filesystem on old kernels), the copy goes
+    through a bounded buffer; a source that ends early is an error, not a short value."""
+    source = tmp_path / "source"
+    data = os.urandom(3 * bulkstore.COPY_CHUNK + 12345)
+    source.write_bytes(data)
+
+    def refuse(*args: Any) -> int:
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    store = DirectoryStore(tmp_path / "bulk")
+    store.ensure()
+    with open(source, "rb") as handle:
+        uri = store.put_range(handle.fileno(), 100, len(data) - 200)
+        assert path_of(uri).read_bytes() == data[100:-100]
+        with pytest.raises(OSError, match="ends before"):
+            store.put_range(handle.fileno(), 100, len(data))
+    assert [p.name for p in store.root.iterdir()] == [path_of(uri).name]  # no partial file
+
+
+def test_copy_range_in_the_kernel(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    data = os.urandom(5 << 20)
+    source.write_bytes(data)
+    store = DirectoryStore(tmp_path / "bulk")
+    store.ensure()
+    with open(source, "rb") as handle:
+        assert path_of(store.put_range(handle.fileno(), 7, len(data) - 7)).read_bytes() == data[7:]
+        with pytest.raises(OSError, match="ends before"):
+            store.put_range(handle.fileno(), 7, len(data))
+
+
+def test_discard_deletes_partial_and_queued_files(tmp_path: Path) -> None:
+    """What pynetdicom never deletes: the file of a data set cut off mid-transfer, and the
+    files of requests still queued when the association ends."""
+    partial = open(tmp_path / "partial.dcm", "wb")  # noqa: SIM115
+    queued = [open(tmp_path / f"queued-{i}.dcm", "wb") for i in range(2)]  # noqa: SIM115
+    msg_queue: Any = __import__("queue").Queue()
+    for handle in queued:
+        msg_queue.put((1, SimpleNamespace(_dataset_file=handle)))
+    msg_queue.put((1, SimpleNamespace()))  # a C-ECHO, say
+    assoc: Any = SimpleNamespace(
+        dimse=SimpleNamespace(message=SimpleNamespace(_data_set_file=partial), msg_queue=msg_queue)
+    )
+    received.discard_partial(assoc)
+    received.discard_queued(assoc)
+    assert partial.closed
+    assert not list(tmp_path.iterdir())
+    received.discard_partial(SimpleNamespace(dimse=SimpleNamespace(message=None)))  # type: ignore[arg-type]
+
+
+def _pynetdicom_file() -> Path:
+    """A file made as pynetdicom makes one for a data set it receives (looked up at call
+    time: bridge.received replaces the factory)."""
+    factory: Any = vars(dimse_messages)["NamedTemporaryFile"]
+    handle = factory(delete=False, mode="wb", suffix=".dcm")
+    handle.close()
+    return Path(handle.name)
+
+
+def test_files_go_to_the_receive_directory_of_their_ae(tmp_path: Path) -> None:
+    """pynetdicom creates the file in the DUL thread of the association: an association of
+    a bridge's AE gets the bridge's directory, any other pynetdicom's default."""
+    mine, other = AE(), AE()
+    received.enable(mine, tmp_path / "receiving")
+    assert _config.STORE_RECV_CHUNKED_DATASET is True
+    made: dict[str, Path] = {}
+
+    class Dul(threading.Thread):  # what pynetdicom's DULServiceProvider offers
+        def __init__(self, ae: AE, key: str) -> None:
+            super().__init__()
+            self.assoc = SimpleNamespace(ae=ae)
+            self.key = key
+
+        def run(self) -> None:
+            made[self.key] = _pynetdicom_file()
+
+    for thread in (Dul(mine, "mine"), Dul(other, "other")):
+        thread.start()
+        thread.join()
+    made["no association"] = _pynetdicom_file()
+    try:
+        assert made["mine"].parent == tmp_path / "receiving"
+        assert made["mine"].name.startswith(received.PREFIX)
+        assert made["other"].parent == Path(tempfile.gettempdir())
+        assert made["no association"].parent == Path(tempfile.gettempdir())
+    finally:
+        for path in made.values():
+            path.unlink()
+
+
+def test_sweep_deletes_only_old_received_files(tmp_path: Path) -> None:
+    old = tmp_path / f"{received.PREFIX}old.dcm"
+    fresh = tmp_path / f"{received.PREFIX}new.dcm"
+    other = tmp_path / "other"
+    for path in (old, fresh, other):
+        path.write_bytes(b"x")
+    past = time.time() - received.SWEEP_AGE - 10
+    os.utime(old, (past, past))
+    os.utime(other, (past, past))
+    assert received.sweep(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, other.name])
+    assert received.sweep(tmp_path / "missing") == 0
+
+
+# -- through the bridge ----------------------------------------------------------------------
+
+
+def _receive_dir(harness: Any) -> Path:
+    return Path(harness.settings.receive_directory)
+
+
+def _received_files(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.startswith(received.PREFIX)]
+
+
+def _wait_empty(directory: Path, seconds: float = 5.0) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while (left := _received_files(directory)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+@pytest.fixture
+def bulk_bridge(make_bridge: BridgeFactory, tmp_path: Path) -> Any:
+    harness = make_bridge(bulk_dir=tmp_path / "bulk", reply_timeout=3.0)
+    harness.wait_ready()
+    return harness
+
+
+def _digested(document: Any) -> Any:
+    """A dataset's JSON with each BulkDataURI replaced by the SHA-256 of its bytes."""
+    if isinstance(document, dict):
+        if "BulkDataURI" in document:
+            data = path_of(document["BulkDataURI"]).read_bytes()
+            return {**document, "BulkDataURI": "sha256:" + hashlib.sha256(data).hexdigest()}
+        return {key: _digested(value) for key, value in document.items()}
+    if isinstance(document, list):
+        return [_digested(value) for value in document]
+    return document
+
+
+@pytest.mark.timeout(60)
+def test_large_store_through_the_bridge(bulk_bridge: Any, make_consumer: ConsumerFactory) -> None:
+    """A 32 MB instance: received into a file, its Pixel Data claim-checked from there; the
+    consumer gets the exact bytes and the dataset JSON of the in-memory path; the received
+    file is gone before the consumer sees the request, the claim-check file after."""
+    ds, pixels = _large_data_set(32)
+
+    def digest(tag: int, vr: str, value: bytes) -> str | None:
+        if len(value) <= bulk_bridge.settings.bulk_threshold:
+            return None
+        return "sha256:" + hashlib.sha256(value).hexdigest()
+
+    seen: dict[str, Any] = {}
+    directory = _receive_dir(bulk_bridge)
+
+    def handler(request: Request) -> int:
+        seen["json"] = orjson.dumps(_digested(request.envelope["dataset"]))
+        seen["pixels"] = request.dataset.PixelData == pixels if request.dataset else False
+        seen["uri"] = request.envelope["dataset"]["7FE00010"]["BulkDataURI"]
+        seen["received files"] = _received_files(directory)
+        return 0
+
+    make_consumer(handler, (Service.C_STORE,))
+    with association(bulk_bridge.port, [MULTIFRAME]) as assoc:
+        syntax = assoc.accepted_contexts[0].transfer_syntax[0]
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        assert assoc.send_c_store(ds).Status == 0
+    # What the in-memory path gives for the bytes pynetdicom sent.
+    encoded = encode(ds, syntax.is_implicit_VR, syntax.is_little_endian)
+    assert encoded is not None
+    in_memory = decode(BytesIO(encoded), syntax.is_implicit_VR, syntax.is_little_endian)
+    expected = orjson.dumps(dicomjson.dataset_to_json(in_memory, bulk_data=digest))
+    assert seen["pixels"] is True
+    assert seen["json"] == expected
+    assert seen["received files"] == []
+    assert not path_of(seen["uri"]).exists(), "claim-check file not deleted after the reply"
+    assert _wait_empty(directory) == []
+
+
+def _with_meta(ds: Dataset, assoc: Any) -> Dataset:
+    """``ds`` ready to send on ``assoc``: File Meta naming the accepted transfer syntax."""
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = assoc.accepted_contexts[0].transfer_syntax[0]
+    return ds
+
+
+def _store_status(harness: Any, megabytes: int = 4) -> int:
+    ds, _ = _large_data_set(megabytes)
+    with association(harness.port, [MULTIFRAME]) as assoc:
+        return int(assoc.send_c_store(_with_meta(ds, assoc)).Status)
+
+
+def test_received_file_deleted_when_the_consumer_fails(
+    bulk_bridge: Any, make_consumer: ConsumerFactory
+) -> None:
+    def fail(request: Request) -> int:
+        raise RuntimeError("consumer bug")
+
+    make_consumer(fail, (Service.C_STORE,))
+    assert _store_status(bulk_bridge) == 0xC211
+    assert _wait_empty(_receive_dir(bulk_bridge)) == []
+    assert not [p for p in Path(bulk_bridge.settings.bulk_dir).iterdir() if p.is_file()]
+
+
+def test_received_file_deleted_when_no_reply_comes(
+    bulk_bridge: Any, raw: Callable[..., RawResponder]
+) -> None:
+    raw(lambda message: None)  # bound, never answers
+    assert _store_status(bulk_bridge) == 0xC001
+    assert _wait_empty(_receive_dir(bulk_bridge)) == []
+    assert not [p for p in Path(bulk_bridge.settings.bulk_dir).iterdir() if p.is_file()]
+
+
+def test_received_file_deleted_when_unroutable(bulk_bridge: Any) -> None:
+    assert _store_status(bulk_bridge) == 0xA700  # nobody bound
+    assert _wait_empty(_receive_dir(bulk_bridge)) == []
+
+
+@pytest.mark.timeout(60)
+def test_oversize_data_set_refused_and_its_file_deleted(
+    make_bridge: BridgeFactory, make_consumer: ConsumerFactory, tmp_path: Path
+) -> None:
+    """The size guard still aborts a data set over --max-dataset-size while it arrives
+    (into the file now); the part received is deleted, and the bridge serves on."""
+    harness = make_bridge(bulk_dir=tmp_path / "bulk", max_dataset_size=3_000_000)
+    harness.wait_ready()
+    make_consumer(lambda request: 0, (Service.C_STORE,))
+    directory = _receive_dir(harness)
+    done = threading.Event()
+    seen: list[str] = []
+
+    def watch() -> None:  # proof that the data set went to a file before the abort
+        while not done.is_set() and not seen:
+            seen.extend(_received_files(directory))
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    ds, _ = _large_data_set(8)
+    try:
+        with association(harness.port, [MULTIFRAME]) as assoc:
+            status = assoc.send_c_store(_with_meta(ds, assoc))
+            assert not status  # no response: aborted
+    finally:
+        done.set()
+        thread.join(10)
+    assert seen, "the data set was not received into a file"
+    assert _wait_empty(directory) == []
+    assert _store_status(harness, megabytes=1) == 0  # 1 MB: under the limit
+
+
+@pytest.fixture
+def raw(exchange: str) -> Iterator[Callable[..., RawResponder]]:
+    started: list[RawResponder] = []
+
+    def make(reply: Callable[..., Any], pattern: str = "#") -> RawResponder:
+        responder = RawResponder(exchange, reply, pattern)
+        started.append(responder)
+        return responder
+
+    yield make
+    for responder in started:
+        responder.stop()
+
+
+def test_small_store_and_data_set_file_of_a_test_file(
+    bulk_bridge: Any, make_consumer: ConsumerFactory
+) -> None:
+    """CT_small through the bridge: the dataset JSON is the in-memory one (no bulk data)."""
+    path = get_testdata_file("CT_small.dcm", download=False)
+    assert isinstance(path, str)
+    data, syntax = _stored_data_set(path)
+    in_memory = decode(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+    expected = orjson.dumps(dicomjson.dataset_to_json(in_memory))
+    seen: list[bytes] = []
+
+    def handler(request: Request) -> int:
+        seen.append(orjson.dumps(request.envelope["dataset"]))
+        return 0
+
+    make_consumer(handler, (Service.C_STORE,))
+    with association(bulk_bridge.port, [CTImageStorage]) as assoc:
+        assert assoc.send_c_store(path).Status == 0
+    assert seen == [expected]
+    assert _wait_empty(_receive_dir(bulk_bridge)) == []
