@@ -268,13 +268,20 @@ def profile_case(case: str, seconds: float, out_dir: Path, consumer_side: bool) 
 def _write_report(base: Path, heading: list[str]) -> str:
     """``heading`` lines, then the GIL and wall-time summaries of the recordings at
     ``base``; written next to them and returned."""
+
+    def summary(suffix: str) -> str:
+        path = base.with_suffix(suffix)
+        if not path.exists():  # py-spy writes nothing when the process ended first
+            return "(not recorded: the process ended before this recording)\n"
+        return summarize(path.read_text())
+
     text = [
         *heading,
         "",
         "## samples holding the GIL (where Python CPU goes)",
-        summarize(base.with_suffix(".gil.folded").read_text()),
+        summary(".gil.folded"),
         "## all threads, waits included (wall time)",
-        summarize(base.with_suffix(".idle.folded").read_text()),
+        summary(".idle.folded"),
     ]
     report = "\n".join(text)
     base.with_suffix(".txt").write_text(report)
@@ -371,8 +378,9 @@ def profile_sdk(seconds: float, out_dir: Path, queue_type: str) -> str:
         record(pid, seconds, base.with_suffix(".idle.folded"), "-f", "raw", "--threads",
                "--idle")  # fmt: skip
 
-    # Enough envelopes for the three recordings at ~1,000/s.
-    count = int(seconds * 3 * 1500) + 3000
+    # Enough envelopes for the three recordings at the ~2,500/s the SDK drains under
+    # py-spy (the report says so when the queue ran dry before the last one).
+    count = int(seconds * 3 * 2500) + 3000
     result = lib.sdk_throughput(count, queue_type, HERE / "run.py", during)
     rate = result["servers"]["sdk"]["rate"]
     text = [

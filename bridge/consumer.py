@@ -28,26 +28,32 @@ that dies mid-request leaves it to another consumer (at-least-once; ``Request.id
 idempotency key). Requests past their deadline are acked without a reply: the bridge has
 answered the peer already. A request a quorum queue has delivered ``max_deliveries``
 times already (``x-delivery-count``: its consumers died on it) is answered with a failure
-and rejected without requeue, so the queue's dead-letter settings take it.
+and rejected without requeue, so the queue's dead-letter settings take it. Requests
+answered in the same loop iteration with consecutive delivery tags share one ``multiple``
+ack; a request still running never holds back the ack of a later one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import inspect
+import itertools
 import logging
+import os
+import queue
 import signal
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import aio_pika
 import aiormq
@@ -196,7 +202,14 @@ class ConsumerStats:
 
 
 class Consumer:
-    """Consumes requests from one queue and replies to the bridge."""
+    """Consumes requests from one queue and replies to the bridge.
+
+    ``prefetch`` is how many requests the broker hands this consumer before it has acked
+    any, and how many plain handlers may run at once (one worker thread each). 32 keeps a
+    fast consumer busy: 64, 128 and 256 were no faster for small requests (bench/run.py's
+    "consumer sdk" case), and a larger window only holds more requests that a crash
+    would send round again and that other consumers of the queue cannot take.
+    """
 
     def __init__(
         self,
@@ -229,8 +242,12 @@ class Consumer:
         self._connection: AbstractRobustConnection | None = None
         self._reply_channel: AbstractChannel | None = None
         self._stream_channel: AbstractChannel | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._control_channel: AbstractChannel | None = None
+        self._workers: _Workers | None = None
         self._streams: dict[str, _Pipe] = {}
+        self._acks: _Acks | None = None
+        self._id_prefix = f"{os.getpid()}.{id(self):x}."
+        self._reply_ids = itertools.count(1)
         self._ready = asyncio.Event()
 
     def on(
@@ -261,7 +278,7 @@ class Consumer:
         """Connect, declare and bind the queue, start consuming. Returns when ready."""
         if not self.registrations:
             raise ValueError("no handler registered")
-        self._executor = ThreadPoolExecutor(self.prefetch, thread_name_prefix="consumer")
+        self._workers = _Workers(asyncio.get_running_loop(), self.prefetch, "consumer")
         if self.store is not None:
             self.store.ensure()
         connection = await aio_pika.connect_robust(
@@ -270,6 +287,8 @@ class Consumer:
             ssl_context=self.ssl_context,
         )
         self._connection = connection
+        # Requests arrive alone on this channel: every delivery tag on it is a request's,
+        # which is what lets _Acks acknowledge a contiguous run of them with one frame.
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self.prefetch)
         self._reply_channel = await connection.channel(
@@ -295,7 +314,13 @@ class Consumer:
         streamed = [r for r in self.registrations if r.service.spec.streamed]
         if streamed:
             # Cancel notices go to every consumer instance: an exclusive queue each.
-            control = await channel.declare_queue("", exclusive=True, auto_delete=True)
+            # On a channel of its own: no_ack deliveries would interleave delivery tags
+            # with the requests'.
+            # Held here: the robust connection keeps only weak references to its channels.
+            self._control_channel = await connection.channel()
+            control = await self._control_channel.declare_queue(
+                "", exclusive=True, auto_delete=True
+            )
             for binding in dict.fromkeys(f"cancel.{r.binding}" for r in streamed):
                 await control.bind(exchange, binding)
             await control.consume(self._on_cancel, no_ack=True)
@@ -309,12 +334,17 @@ class Consumer:
         )
 
     async def close(self) -> None:
+        if self._acks is not None:
+            # Answered requests are acked before the channel goes, not redelivered.
+            with contextlib.suppress(Exception):
+                await self._acks.drain()
+            self._acks = None
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        if self._workers is not None:
+            self._workers.shutdown()
+            self._workers = None
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
@@ -343,20 +373,46 @@ class Consumer:
         return self.store.put(value)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        """One request: answer it, then settle it. The ack goes out only after the
+        reply's publisher confirm (or when no reply is due); see :class:`_Acks`."""
+        acks = self._acks_for(message)
+        tag = message.delivery_tag or 0
         # A quorum queue counts earlier deliveries: a request that keeps killing its
         # consumers must not loop. Answer the peer and dead-letter it.
         deliveries = (message.headers or {}).get("x-delivery-count")
         if isinstance(deliveries, int) and deliveries >= self.max_deliveries:
+            # If this raises, the request stays unacked until its channel closes.
             await self._refuse_poison(message, deliveries)
+            if acks is not None:
+                acks.settled(tag)
             return
         try:
             await self._handle(message)
         except Exception:
             log.exception("could not answer a request; it will be redelivered")
-            with contextlib.suppress(Exception):
+            try:
                 await message.nack(requeue=True)
+            except Exception:  # the channel is gone: the broker requeues it anyway
+                return
+            # Only once the nack is written: a multiple ack may then pass over the tag.
+            if acks is not None:
+                acks.settled(tag)
             return
-        await message.ack()
+        if acks is not None:
+            acks.ack(tag)
+
+    def _acks_for(self, message: AbstractIncomingMessage) -> _Acks | None:
+        """The ack tracker of the channel ``message`` came on; None when that channel is
+        gone (the broker has requeued the request: there is nothing to ack)."""
+        try:
+            channel = message.channel
+        except aiormq.exceptions.ChannelInvalidStateError:
+            return None
+        acks = self._acks
+        if acks is None or (acks.channel is not channel and acks.channel.is_closed):
+            # The robust connection reopened the channel: delivery tags start again at 1.
+            acks = self._acks = _Acks(channel)
+        return acks if acks.channel is channel else None
 
     async def _refuse_poison(self, message: AbstractIncomingMessage, deliveries: int) -> None:
         self.stats.poison += 1
@@ -380,7 +436,7 @@ class Consumer:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         deadline_ms = (message.headers or {}).get("deadline-ms")
-        if isinstance(deadline_ms, int) and deadline_ms < datetime.now(UTC).timestamp() * 1000:
+        if isinstance(deadline_ms, int) and deadline_ms < time.time() * 1000:
             self.stats.stale += 1
             log.warning("request past its deadline skipped", extra=_ids(message))
             return
@@ -437,10 +493,8 @@ class Consumer:
                     result = await handler(request)
                 body = to_response(result).encode(self._sink)
             else:
-                loop = asyncio.get_running_loop()
-                body = await loop.run_in_executor(
-                    self._executor, _run_single, handler, request, self._sink
-                )
+                assert self._workers is not None, "start() first"
+                body = await self._workers.run(_run_single, handler, request, self._sink)
         except Exception as exc:
             return self._failure_body(request, exc)
         self._count(request)
@@ -461,7 +515,8 @@ class Consumer:
             bodies = _stream_bodies(request, lambda: handler(request), self._sink)
         pipe = _Pipe(loop, STREAM_WINDOW)
         self._streams[correlation_id] = pipe
-        loop.run_in_executor(self._executor, pipe.run, bodies)
+        assert self._workers is not None, "start() first"
+        self._workers.run(pipe.run, bodies)
         try:
             while True:
                 batch = await pipe.take()
@@ -519,22 +574,36 @@ class Consumer:
             pipe.stop()
 
     async def _reply(self, message: AbstractIncomingMessage, body: bytes) -> None:
+        """Publish a single reply, mandatory, and wait for the broker's confirm.
+
+        Straight on aiormq's channel rather than through ``aio_pika.Message`` and
+        ``Exchange.publish``: the same frames and confirm, without building and validating
+        a message object per reply (the hot path; see docs/performance.md)."""
         channel = self._reply_channel
         if not message.reply_to or channel is None:
             log.warning("request without reply_to: no reply sent", extra=_ids(message))
             return
+        properties = aiormq.spec.Basic.Properties(
+            content_type="application/json",
+            delivery_mode=1,  # not persistent: the requester's reply queue is exclusive
+            correlation_id=message.correlation_id,
+            message_type=f"{message.type}-reply" if message.type else None,
+            # Unique per channel: aiormq finds a returned message's confirm by it. A
+            # counter spares the random UUID it would make otherwise.
+            message_id=f"{self._id_prefix}{next(self._reply_ids)}",
+        )
         try:
-            await channel.default_exchange.publish(
-                aio_pika.Message(
-                    body,
-                    content_type="application/json",
-                    correlation_id=message.correlation_id,
-                    delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-                    type=f"{message.type}-reply" if message.type else None,
-                ),
+            # aiormq's Channel: its abstract base lacks the ``wait`` parameter.
+            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+            # wait=False: the confirm is what we wait for; waiting for the socket write
+            # too would hold the channel's publish lock across a loop iteration.
+            await underlay.basic_publish(
+                body,
                 routing_key=message.reply_to,
+                properties=properties,
                 mandatory=True,
                 timeout=10,
+                wait=False,
             )
         except aiormq.exceptions.PublishError:
             # The bridge that asked is gone (its exclusive reply queue vanished).
@@ -617,6 +686,207 @@ class _Pipe:
             self.stopped = True
             self._cond.notify_all()
         self._wake.set()
+
+
+class _Workers:
+    """Worker threads for plain (``def``) handlers, at most ``size`` of them.
+
+    A cheaper hop than ``loop.run_in_executor``: a job is a put on a ``SimpleQueue``, a
+    thread starts only when no started one is free (so a job never waits while fewer than
+    ``size`` are busy, as with ``ThreadPoolExecutor``), and results go back to the loop in
+    batches: a worker wakes the loop only when no wake-up is pending already, so jobs that
+    finish together cost one wake-up. Threads are not daemons: at interpreter exit,
+    running handlers finish, as they did in a ``ThreadPoolExecutor``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, name: str) -> None:
+        self._loop = loop
+        self._size = size
+        self._name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._free = 0
+        """Started threads not running a job, less the jobs queued (negative: short)."""
+        self._results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        self._wake_pending = False
+        self._closed = False
+
+    def run(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run ``function(*args)`` in a worker thread; its result or exception comes back
+        as the returned future's, on the loop."""
+        future = self._loop.create_future()
+        if self._closed:
+            future.cancel()
+            return future
+        with self._lock:
+            self._free -= 1
+            start = self._free < 0 and self._threads < self._size
+            if start:
+                self._threads += 1
+                self._free += 1
+        self._jobs.put((future, function, args))
+        if start:
+            threading.Thread(target=self._work, name=f"{self._name}_{self._threads - 1}").start()
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, function, args = job
+            try:
+                result, error = function(*args), None
+            except BaseException as exc:  # handed to the loop, as an executor does
+                result, error = None, exc
+            with self._lock:
+                self._free += 1
+                self._results.append((future, result, error))
+                wake = not self._wake_pending
+                self._wake_pending = True
+            if wake:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    self._loop.call_soon_threadsafe(self._deliver)
+            del job, future, result, error  # hold nothing while waiting for the next job
+
+    def _deliver(self) -> None:
+        with self._lock:
+            results, self._results = self._results, []
+            self._wake_pending = False
+        for future, result, error in results:
+            if future.done():  # cancelled
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+    def shutdown(self) -> None:
+        """Cancel the queued jobs and let the threads end after their current one."""
+        self._closed = True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                job = self._jobs.get_nowait()
+                if job is not None:
+                    job[0].cancel()
+        for _ in range(self._threads):
+            self._jobs.put(None)
+
+
+_Job = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+
+
+class _Acks:
+    """Acknowledgements of the requests delivered on one channel, coalesced.
+
+    The consumer calls :meth:`ack` when a request is answered (its reply confirmed) and
+    :meth:`settled` after it has nacked or rejected one itself. Due acks go out at the end
+    of the loop iteration in which they fell due, in one task:
+
+    - the due requests whose delivery tags continue the run of settled tags above the
+      last one acked get a single ``basic.ack`` with ``multiple=True`` (on a quorum queue,
+      each ack frame is a Raft command: fewer frames, less broker work);
+    - every other due request gets its own ``basic.ack`` at once, so a slow request never
+      holds back the acks of the requests after it, nor the prefetch window.
+
+    Correct only on a channel where every delivery needs an ack (no ``no_ack`` consumer):
+    the delivery tags are then 1, 2, 3..., and a tag this tracker has not seen as due or
+    settled (a delivery still being handled, or not yet handed to the consumer) ends the
+    run. A ``multiple`` ack up to a due tag therefore settles only requests that are done;
+    requests settled before by their own frame are no longer unacked for the broker.
+
+    The tags settled above the run are kept as ranges: behind a request that runs for
+    minutes, the thousands acked meanwhile are one range, and the run jumps over it when
+    that request is done. A request never settled (its channel closes first) ends the
+    run for good: from then on its channel gets one ack per request.
+    """
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self._floor = 0
+        """Every tag up to here has been settled by a frame already queued."""
+        self._due: set[int] = set()
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        """Sorted, disjoint ranges ``starts[i]..ends[i]`` of tags above the floor that
+        were settled by their own ack, nack or reject."""
+        self._scheduled = False
+        self._outbox: deque[tuple[int, bool]] = deque()
+        self._sender: asyncio.Task[None] | None = None
+
+    def ack(self, tag: int) -> None:
+        self._due.add(tag)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def settled(self, tag: int) -> None:
+        """``tag`` was nacked or rejected by a frame already queued on the channel."""
+        if tag > self._floor:
+            self._mark(tag)
+
+    def _mark(self, tag: int) -> None:
+        """Add ``tag`` (above the floor, settled once) to the ranges, merging neighbours."""
+        starts, ends = self._starts, self._ends
+        i = bisect.bisect_right(starts, tag)
+        left = i > 0 and ends[i - 1] == tag - 1
+        right = i < len(starts) and starts[i] == tag + 1
+        if left and right:
+            ends[i - 1] = ends[i]
+            del starts[i], ends[i]
+        elif left:
+            ends[i - 1] = tag
+        elif right:
+            starts[i] = tag
+        else:
+            starts.insert(i, tag)
+            ends.insert(i, tag)
+
+    def flush(self) -> None:
+        """Queue the due acks now (at most one ``multiple`` ack, then single ones)."""
+        self._scheduled = False
+        if not self._due:
+            return
+        floor, top = self._floor, 0
+        while True:
+            if floor + 1 in self._due:
+                floor += 1
+                self._due.discard(floor)
+                top = floor
+            elif self._starts and self._starts[0] == floor + 1:
+                floor = self._ends[0]
+                del self._starts[0], self._ends[0]
+            else:
+                break
+        self._floor = floor
+        frames = [(top, True)] if top else []
+        if self._due:
+            for tag in sorted(self._due):
+                frames.append((tag, False))
+                self._mark(tag)
+            self._due.clear()
+        self._outbox.extend(frames)
+        # One sender, so the frames keep their order: the connection's write queue is
+        # bounded, and tasks blocked on it do not resume in the order they blocked. A
+        # multiple ack overtaken by a later one would name an acked tag, which the broker
+        # answers by closing the channel.
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        try:
+            while self._outbox:
+                tag, multiple = self._outbox.popleft()
+                # wait=False: only queue the frame; nothing needs its write to the socket.
+                await self.channel.basic_ack(tag, multiple=multiple, wait=False)
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError) as exc:
+            # The channel is gone, and the broker requeued what was unacked on it.
+            self._outbox.clear()
+            log.warning("acks not sent (channel closed: requests will be redelivered): %s", exc)
+
+    async def drain(self) -> None:
+        """Queue the due acks and wait until they are handed to the connection."""
+        self.flush()
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
 
 
 def _stream_bodies(request: Request, produce: Callable[[], Any], sink: BulkSink) -> Iterator[bytes]:
