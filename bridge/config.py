@@ -226,10 +226,10 @@ class BridgeSettings(BrokerSettings, CommandOptions):
     )
     receive_to_disk: bool = Field(
         True,
-        description="Receive C-STORE data sets into files in --receive-dir instead of "
-        "memory; values above --bulk-threshold are then copied from there to the "
-        "claim-check directory, so a large instance never sits in the bridge's memory. "
-        "Applies to the whole process (pynetdicom has one switch for it).",
+        description="Receive C-STORE data sets larger than --bulk-threshold into files in "
+        "--receive-dir instead of memory; values above --bulk-threshold are then copied "
+        "from there to the claim-check directory, so a large instance never sits in the "
+        "bridge's memory. Applies to the whole process (pynetdicom has one switch for it).",
     )
     receive_dir: Path | None = Field(
         None,

@@ -1,10 +1,10 @@
 """One DIMSE request's exchange with the consumers, driven from its handler thread.
 
 Builds the envelope (bulk data above the threshold goes to the claim-check store; a
-C-STORE data set that pynetdicom received into a file is read from there, its large values
-copied to the store without passing through memory, and the file deleted), publishes it,
-reads replies through the seam, and cleans up: forgets the correlation id and deletes the
-claim-check files it wrote. Every method raises only
+C-STORE data set that pynetdicom received into a spool or a file is read from there, its
+large values copied to the store without passing through memory, and the spool or file
+deleted), publishes it, reads replies through the seam, and cleans up: forgets the
+correlation id and deletes the claim-check files it wrote. Every method raises only
 :class:`~bridge.errors.BridgeError` subclasses for failures the peer must hear about.
 """
 
@@ -103,19 +103,23 @@ class Conversation:
         return uri
 
     def _dataset_file(self) -> received.ReceivedDataSet | None:
-        """The C-STORE data set pynetdicom received into a file (:mod:`bridge.received`),
-        not read yet; None when the request holds its data set in memory."""
+        """The C-STORE data set pynetdicom received into a spool or a file
+        (:mod:`bridge.received`), not read yet; None when the request holds its data set
+        in ``DataSet``."""
         if self.service is not Service.C_STORE:
             return None
-        try:
-            # Typed Path, but None when pynetdicom received the data set into memory.
-            path: Path | None = self.event.dataset_path
-        except AttributeError:
-            return None
-        if path is None:
+        source: Path | received.Spool | None = getattr(self.event.request, "_dataset_file", None)
+        if not isinstance(source, received.Spool):
+            try:
+                # Typed Path, but None when pynetdicom received the data set into memory.
+                path: Path | None = self.event.dataset_path
+            except AttributeError:
+                return None
+            source = path
+        if source is None:
             return None
         return received.ReceivedDataSet(
-            path,
+            source,
             self.event.context.transfer_syntax,
             defer_size=self._limits.bulk_threshold,
             claim=self._claim,
@@ -140,11 +144,10 @@ class Conversation:
             raise BrokerUnavailable(f"claim-check store: {exc.strerror or exc}") from exc
         finally:
             if dataset_file is not None:
-                dataset_file.close()
                 # Its large values are in the claim-check store, the rest in the envelope:
-                # free the disk now rather than after the reply (pynetdicom's own delete
-                # then finds nothing, which it allows).
-                received.remove(dataset_file.path)
+                # free the memory or disk now rather than after the reply (pynetdicom's
+                # own delete then finds nothing, which it allows).
+                dataset_file.discard()
         body = codec.dumps(self.envelope)
         if self._metrics is not None:
             self._metrics.sent(len(body))

@@ -1,21 +1,27 @@
 """C-STORE data sets received into files, so that a large instance never sits in memory.
 
 With :func:`enable`, pynetdicom (``_config.STORE_RECV_CHUNKED_DATASET``) writes the
-fragments of every C-STORE data set to a file as they arrive instead of joining them in
-memory; the handler then finds ``event.request.DataSet`` empty and ``event.dataset_path``
-set. The file (pynetdicom 3.0.4, ``DIMSEMessage.decode_msg``) holds a 128-byte preamble,
-``DICM``, File Meta Information that pynetdicom writes from the request (Explicit VR Little
-Endian, group length first, the accepted transfer syntax) and then the data set bytes as
-received.
+fragments of every C-STORE data set to a file object as they arrive instead of joining them
+in memory; the handler then finds ``event.request.DataSet`` empty and ``event.dataset_path``
+set. For an association of the bridge's AE that object is a :class:`Spool`: it keeps the
+data set in memory up to a limit (the bulk threshold) and moves it to a file in the
+receive directory on the first write past it, so a small instance costs no file and a
+large one is never whole in memory. A spool holds the data set bytes only, as received:
+pynetdicom's File Meta Information (built from the request, 0.2 ms of CPU per store) is
+not made for it. For any other association pynetdicom makes its own file (pynetdicom
+3.0.4, ``DIMSEMessage.decode_msg``): a 128-byte preamble, ``DICM``, File Meta Information
+(Explicit VR Little Endian, group length first, the accepted transfer syntax) and then the
+data set bytes.
 
-pynetdicom deletes the file after the handler returns; the bridge deletes it sooner, once
-the envelope is built. Two files pynetdicom never deletes: a data set whose association
-ends while it is still arriving (an abort, the size guard of :mod:`bridge.guard`), and a
+pynetdicom deletes the file after the handler returns (one that a spool never made is
+fine: it ignores the error); the bridge deletes it, or drops the spool's memory, sooner,
+once the envelope is built. Two pynetdicom never deletes: a data set whose association ends
+while it is still arriving (an abort, the size guard of :mod:`bridge.guard`), and a
 complete request still queued when the association ends. :func:`discard_partial` and
-:func:`discard_queued` delete those; :func:`sweep` removes what a killed process left.
+:func:`discard_queued` delete those; :func:`sweep` removes files a killed process left.
 
-:class:`ReceivedDataSet` parses such a file as pynetdicom parses the received bytes
-(``pydicom.filereader.read_dataset`` with the context's transfer syntax), except that
+:class:`ReceivedDataSet` parses a spool or such a file as pynetdicom parses the received
+bytes (``pydicom.filereader.read_dataset`` with the context's transfer syntax), except that
 values longer than ``defer_size`` stay in the file. It is the
 :class:`~bridge.dicomjson.DeferredValues` of the dataset it returns, so the DICOM JSON is
 the one of the in-memory path, and a large binary value goes to the claim-check store by
@@ -28,6 +34,7 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import struct
 import tempfile
 import threading
@@ -36,17 +43,18 @@ import weakref
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from io import BufferedReader, BytesIO
+from io import BufferedReader, BufferedWriter, BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from pydicom import filewriter
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.fileutil import read_undefined_length_value
 from pydicom.tag import SequenceDelimiterTag
 from pydicom.uid import UID
-from pynetdicom import _config, dimse_messages
+from pynetdicom import _config, dimse_messages, dsutils
 
 from bridge.errors import CodecError
 
@@ -68,14 +76,18 @@ _UNDEFINED: Final = 0xFFFFFFFF
 _HEAD: Final = 144
 _GROUP_LENGTH: Final = b"\x02\x00\x00\x00UL\x04\x00"
 
-# Receive directory of each bridge's AE. Weak: a stopped bridge's AE goes away.
-_directories: weakref.WeakKeyDictionary[AE, Path] = weakref.WeakKeyDictionary()
+# Receive directory and spool limit of each bridge's AE. Weak: a stopped bridge's AE goes.
+_directories: weakref.WeakKeyDictionary[AE, tuple[Path, int]] = weakref.WeakKeyDictionary()
 _installed = threading.Lock()
+# What the hooks below stand in for (taken from their home modules, never patched there).
+_create_file_meta: Final = dsutils.create_file_meta
+_write_file_meta_info: Final = filewriter.write_file_meta_info
 
 
-def enable(ae: AE, directory: Path) -> None:
-    """Receive C-STORE data sets into files in ``directory`` on every association ``ae``
-    accepts. Raises OSError when ``directory`` cannot be created or written.
+def enable(ae: AE, directory: Path, memory_limit: int = 0) -> None:
+    """Receive C-STORE data sets on every association ``ae`` accepts into a :class:`Spool`
+    each: in memory up to ``memory_limit`` bytes, past that in a file in ``directory``.
+    Raises OSError when ``directory`` cannot be created or written.
 
     pynetdicom has one switch for the process: once any bridge enables this, every
     association of the process receives C-STORE data sets into files. An association of
@@ -87,23 +99,130 @@ def enable(ae: AE, directory: Path) -> None:
     with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
         pass
     with _installed:
-        _directories[ae] = directory
-        # pynetdicom names NamedTemporaryFile in its module and passes no directory.
+        _directories[ae] = (directory, max(0, memory_limit))
+        # pynetdicom names these in its module: patched there, for decode_msg only.
         dimse_messages.NamedTemporaryFile = _temporary_file  # type: ignore[attr-defined]
+        dimse_messages.create_file_meta = _file_meta_arguments  # type: ignore[attr-defined]
+        dimse_messages.write_file_meta_info = _file_meta_info  # type: ignore[attr-defined]
         _config.STORE_RECV_CHUNKED_DATASET = True
 
 
 def _temporary_file(*args: Any, **kwargs: Any) -> Any:
-    """pynetdicom's NamedTemporaryFile, in the receive directory of the association's AE.
+    """pynetdicom's NamedTemporaryFile: a :class:`Spool` for an association of a bridge's
+    AE, pynetdicom's own file for any other.
 
-    pynetdicom creates the file in its DUL thread, which knows its association.
+    pynetdicom creates it in its DUL thread, which knows its association.
     """
     ae = getattr(getattr(threading.current_thread(), "assoc", None), "ae", None)
-    directory = _directories.get(ae) if ae is not None else None
-    if directory is not None:
-        kwargs.setdefault("dir", directory)
-        kwargs.setdefault("prefix", PREFIX)
+    where = _directories.get(ae) if ae is not None else None
+    if where is not None:
+        return Spool(*where)
     return tempfile.NamedTemporaryFile(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class _FileMetaArguments:
+    """pynetdicom's ``create_file_meta`` call, made only if the File Meta is written."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def _file_meta_arguments(*args: Any, **kwargs: Any) -> Any:
+    """pynetdicom's ``create_file_meta`` in ``decode_msg``, whose only use is the argument
+    of ``write_file_meta_info`` next: deferred to :func:`_file_meta_info`."""
+    return _FileMetaArguments(args, kwargs)
+
+
+def _file_meta_info(fp: Any, file_meta: Any, *args: Any, **kwargs: Any) -> None:
+    """pynetdicom's ``write_file_meta_info`` in ``decode_msg``: nothing for a :class:`Spool`
+    (which starts its data set here), pydicom's for any other file."""
+    if isinstance(fp, Spool):
+        fp.begin()
+        return
+    if isinstance(file_meta, _FileMetaArguments):
+        file_meta = _create_file_meta(*file_meta.args, **file_meta.kwargs)
+    _write_file_meta_info(fp, file_meta, *args, **kwargs)
+
+
+class Spool:
+    """One C-STORE data set as pynetdicom receives it: bytes written after :meth:`begin`
+    (pynetdicom's preamble and ``DICM`` before it are dropped) stay in memory up to
+    ``limit`` bytes; the first write past the limit creates the file :attr:`name` (new,
+    mode 0600) in ``directory``, moves the bytes there and goes on there.
+
+    What pynetdicom uses of its NamedTemporaryFile: :attr:`name` (chosen at once, the file
+    may never exist), ``write``, ``file.flush()``, ``close()``, truth. Raises OSError from
+    ``write`` when the file cannot be created or written. Not thread-safe: pynetdicom's
+    DUL thread writes it, then one thread at a time reads or discards it.
+    """
+
+    __slots__ = ("_buffer", "_file", "_limit", "_started", "name", "spilled")
+
+    def __init__(self, directory: Path, limit: int) -> None:
+        # 128 random bits: no other spool picks it; O_EXCL makes sure at creation.
+        self.name = os.path.join(directory, f"{PREFIX}{secrets.token_hex(16)}.dcm")
+        self._limit = limit
+        self._buffer: BytesIO | None = BytesIO()
+        self._file: BufferedWriter | None = None
+        self._started = False
+        self.spilled = False  # the data set went to the file (which then exists)
+
+    def __bool__(self) -> bool:
+        return True  # pynetdicom writes the data set here only when its file is truthy
+
+    @property
+    def file(self) -> Spool:
+        """What pynetdicom flushes after every fragment (the wrapped file of a
+        NamedTemporaryFile)."""
+        return self
+
+    def begin(self) -> None:
+        """The data set starts with the next write."""
+        self._started = True
+
+    def write(self, data: bytes) -> int:
+        if not self._started:
+            return len(data)
+        buffer = self._buffer
+        if buffer is not None:
+            if buffer.tell() + len(data) <= self._limit:
+                return buffer.write(data)
+            self._spill(buffer)
+        if self._file is None:
+            raise ValueError("write to a closed spool")
+        return self._file.write(data)
+
+    def _spill(self, buffer: BytesIO) -> None:
+        fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self.spilled = True
+        self._file = handle = open(fd, "wb")  # noqa: SIM115 - closed by close()
+        self._buffer = None
+        handle.write(buffer.getbuffer())
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        """Close the file; the bytes in memory stay for :meth:`memory` (see
+        :meth:`discard`)."""
+        handle, self._file = self._file, None
+        if handle is not None:
+            handle.close()
+
+    def memory(self) -> BytesIO | None:
+        """The data set when it stayed in memory (None when it went to the file or was
+        discarded)."""
+        return self._buffer
+
+    def discard(self) -> None:
+        """Close, drop the bytes in memory and delete the file if there is one."""
+        self._buffer = None
+        with contextlib.suppress(OSError, ValueError):  # a failed flush: deleted anyway
+            self.close()
+        if self.spilled:
+            remove(Path(self.name))
 
 
 def remove(path: Path) -> None:
@@ -116,6 +235,9 @@ def remove(path: Path) -> None:
 
 def _discard(handle: Any) -> None:
     if handle is None:
+        return
+    if isinstance(handle, Spool):
+        handle.discard()
         return
     with contextlib.suppress(OSError, ValueError):  # a failed flush: deleted anyway
         handle.close()
@@ -186,18 +308,20 @@ value in the file (``bridge.dicomjson.DeferredValues.claim``)."""
 
 
 class ReceivedDataSet:
-    """One received data set file: :meth:`load` parses it, the dataset's large values stay
-    in the file until :meth:`close`. Not thread-safe: one handler thread."""
+    """One received data set, a :class:`Spool` or pynetdicom's file: :meth:`load` parses
+    it, the dataset's large values stay in the file until :meth:`close`. Not thread-safe:
+    one handler thread."""
 
     def __init__(
         self,
-        path: Path,
+        source: Path | Spool,
         transfer_syntax: UID,
         *,
         defer_size: int | None,
         claim: Claim | None = None,
     ) -> None:
-        self.path = path
+        self.path = Path(source.name) if isinstance(source, Spool) else source
+        self._spool = source if isinstance(source, Spool) else None
         self._syntax = transfer_syntax
         self._defer_size = defer_size
         self._claim = claim
@@ -207,35 +331,64 @@ class ReceivedDataSet:
     def load(self) -> Dataset | None:
         """The data set, read as pynetdicom reads received bytes, with values longer than
         ``defer_size`` left in the file (none for deflated and big endian transfer syntaxes,
-        which are read whole as before); None when the request's data set is empty.
-        Raises OSError when the file cannot be read, and what pydicom raises for malformed
-        data."""
+        which are read whole as before, nor for a spool that kept the data set in memory);
+        None when the request's data set is empty. Raises OSError when the file cannot be
+        read, and what pydicom raises for malformed data."""
         self.close()
+        spool = self._spool
+        if spool is not None and not spool.spilled:
+            memory = spool.memory()
+            if memory is None:
+                raise CodecError("received data set was discarded")
+            # pynetdicom's in-memory path: the same bytes, read whole (decode()).
+            return self._read_whole(memory) if memory.getbuffer().nbytes else None
         self._file = handle = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         self._size = os.fstat(handle.fileno()).st_size
-        head = os.pread(handle.fileno(), _HEAD, 0)
-        if len(head) < _HEAD or head[128:132] != b"DICM" or head[132:140] != _GROUP_LENGTH:
-            raise CodecError("received data set file has no File Meta Information")
-        start = _HEAD + int.from_bytes(head[140:144], "little")
+        if spool is not None:
+            start = 0  # a spool's file holds the data set only
+        else:
+            head = os.pread(handle.fileno(), _HEAD, 0)
+            if len(head) < _HEAD or head[128:132] != b"DICM" or head[132:140] != _GROUP_LENGTH:
+                raise CodecError("received data set file has no File Meta Information")
+            start = _HEAD + int.from_bytes(head[140:144], "little")
         if start >= self._size:
             return None
         handle.seek(start)
         syntax = self._syntax
-        if syntax.is_deflated:
-            # As pynetdicom's dsutils.decode: inflate in memory, Explicit VR Little Endian.
-            inflated = zlib.decompress(handle.read(), -zlib.MAX_WBITS)
-            return read_dataset(BytesIO(inflated), False, True)
         defer = self._defer_size
-        if defer is None or self._size - start <= defer or not syntax.is_little_endian:
+        if (
+            syntax.is_deflated
+            or defer is None
+            or self._size - start <= defer
+            or not syntax.is_little_endian
+        ):
             # Read whole, as pynetdicom does: a data set no larger than defer_size has no
             # value to defer, and parsing it from memory spares a seek per element. Big
             # endian values would need their words swapped on the way to the store: the
             # retired transfer syntax is read whole, as it was before.
-            data = handle.read()
-            return read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+            return self._read_whole(BytesIO(handle.read()))
         return read_dataset(
             handle, syntax.is_implicit_VR, syntax.is_little_endian, defer_size=defer
         )
+
+    def _read_whole(self, data: BytesIO) -> Dataset:
+        """``data`` parsed as pynetdicom's ``dsutils.decode`` parses a received data set."""
+        syntax = self._syntax
+        data.seek(0)
+        if syntax.is_deflated:
+            # Inflated in memory, Explicit VR Little Endian.
+            inflated = zlib.decompress(data.getbuffer(), -zlib.MAX_WBITS)
+            return read_dataset(BytesIO(inflated), False, True)
+        return read_dataset(data, syntax.is_implicit_VR, syntax.is_little_endian)
+
+    def discard(self) -> None:
+        """:meth:`close`, and delete the received data: the spool's memory and file, or
+        the file (see :func:`remove`)."""
+        self.close()
+        if self._spool is not None:
+            self._spool.discard()
+        else:
+            remove(self.path)
 
     def close(self) -> None:
         """Close the file (it is not deleted: see :func:`remove`)."""

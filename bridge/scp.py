@@ -32,7 +32,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
-from bridge import codec, netopt, reactor, received, retrieve, sopclasses
+from bridge import codec, commandset, netopt, reactor, received, retrieve, sopclasses
 from bridge.bulkstore import DirectoryStore
 from bridge.codec import AssociationInfo
 from bridge.conversation import Conversation, Limits
@@ -126,6 +126,7 @@ class BridgeSCP:
         # CPU per N-EVENT-REPORT on the SCP side (5 calls). Bound only when they would log.
         verbose = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
         _config.LOG_HANDLER_LEVEL = "standard" if verbose else "none"
+        commandset.install()  # 0.34 -> 0.15 ms of CPU per N-EVENT-REPORT response
         ae = AE(ae_title=s.ae_title)
         ae.maximum_associations = s.max_associations
         ae.maximum_pdu_size = s.max_pdu
@@ -194,7 +195,9 @@ class BridgeSCP:
         self._store.ensure()
         if self._settings.receive_to_disk:
             directory = self._settings.receive_directory
-            received.enable(self._ae, directory)
+            # Up to the bulk threshold a data set stays in memory: all its values go into
+            # the envelope anyway, and the reader would read it whole from a file too.
+            received.enable(self._ae, directory, self._settings.bulk_threshold)
             if swept := received.sweep(directory):
                 log.info("deleted %d data set files left in %s", swept, directory)
         handlers: list[evt.EventHandlerType] = [

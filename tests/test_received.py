@@ -8,10 +8,13 @@ bridge on the real broker.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import itertools
 import os
 import re
+import shutil
 import struct
 import tempfile
 import threading
@@ -24,7 +27,7 @@ from datetime import datetime
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -72,12 +75,39 @@ Outcome = tuple[str, bytes]
 # -- pynetdicom's receiving end, without a network ------------------------------------------
 
 
+# A bridge's AE per spool limit, receiving into one directory (see _primitive).
+_SPOOLING: dict[int, AE] = {}
+_RECEIVING = Path(tempfile.gettempdir()) / f"bridge-test-receiving-{os.getpid()}"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _receiving() -> Iterator[None]:
+    yield
+    _SPOOLING.clear()
+    shutil.rmtree(_RECEIVING, ignore_errors=True)
+
+
+def _spooling(limit: int) -> AE:
+    ae = _SPOOLING.get(limit)
+    if ae is None:
+        ae = _SPOOLING[limit] = AE()
+        received.enable(ae, _RECEIVING, limit)
+    return ae
+
+
 def _primitive(
-    data: bytes, syntax: UID, *, to_file: bool, sop_class: str = CTImageStorage
+    data: bytes,
+    syntax: UID,
+    *,
+    to_file: bool,
+    sop_class: str = CTImageStorage,
+    spool: int | None = None,
 ) -> C_STORE:
     """The C-STORE request primitive pynetdicom's SCP hands its handler for a data set
     ``data`` encoded in ``syntax``: in memory, or received into a file
-    (``STORE_RECV_CHUNKED_DATASET``). Made by pynetdicom's own encoder and decoder."""
+    (``STORE_RECV_CHUNKED_DATASET``): pynetdicom's own file, or with ``spool`` a
+    :class:`received.Spool` of that limit, as on an association of a bridge's AE. Made by
+    pynetdicom's own encoder and decoder."""
     request = C_STORE()
     request.MessageID = 7
     request.AffectedSOPClassUID = sop_class
@@ -93,17 +123,25 @@ def _primitive(
     incoming = DIMSEMessage()
     saved = _config.STORE_RECV_CHUNKED_DATASET
     _config.STORE_RECV_CHUNKED_DATASET = to_file
+    # pynetdicom makes the file in the DUL thread of the association: this one, here.
+    thread: Any = threading.current_thread()
+    if spool is not None:
+        thread.assoc = SimpleNamespace(ae=_spooling(spool))
     try:
         for p_data in outgoing.encode_msg(1, 16384):
             if incoming.decode_msg(p_data, SimpleNamespace(_accepted_cx={1: context})):  # type: ignore[arg-type]
                 break
     finally:
         _config.STORE_RECV_CHUNKED_DATASET = saved
+        if spool is not None:
+            del thread.assoc
     primitive = incoming.message_to_primitive()
     assert isinstance(primitive, C_STORE)
     if to_file:
         assert primitive._dataset_file is not None
-        primitive._dataset_file.close()  # as pynetdicom's SCP does after the handler
+        assert isinstance(primitive._dataset_file, received.Spool) == (spool is not None)
+        if spool is None:
+            primitive._dataset_file.close()  # as pynetdicom's SCP does after the handler
     return primitive
 
 
@@ -155,12 +193,18 @@ def _envelope(event: Event, store: DirectoryStore, threshold: int) -> Outcome:
 
 
 def _both(
-    data: bytes, syntax: UID, store: DirectoryStore, threshold: int
+    data: bytes, syntax: UID, store: DirectoryStore, threshold: int, spool: int | None = None
 ) -> tuple[Outcome, Outcome, Path]:
+    """The envelope of the in-memory path, the one received into a file (pynetdicom's, or a
+    spool of limit ``spool``) and the path of that file."""
+    _spooling(0)  # the bridge's hooks in place, as in a bridge: pynetdicom's file too
     memory = _envelope(_event(_primitive(data, syntax, to_file=False), syntax), store, threshold)
-    primitive = _primitive(data, syntax, to_file=True)
+    primitive = _primitive(data, syntax, to_file=True, spool=spool)
     assert primitive._dataset_path is not None
     path = Path(str(primitive._dataset_path))
+    handle: Any = primitive._dataset_file
+    if isinstance(handle, received.Spool):  # went to the file exactly when over the limit
+        assert handle.spilled == (len(data) > cast(int, spool)) == path.exists()
     from_file = _envelope(_event(primitive, syntax), store, threshold)
     return memory, from_file, path
 
@@ -206,15 +250,22 @@ def _dicom_files() -> list[str]:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("threshold", [16, 1 << 20], ids=["16 B", "1 MiB"])
-def test_envelope_from_file_is_the_in_memory_envelope(store: CountingStore, threshold: int) -> None:
+@pytest.mark.parametrize(
+    "spool", [None, 0, 1 << 30, 2000], ids=["file", "spilled", "in memory", "2 kB spool"]
+)
+def test_envelope_from_file_is_the_in_memory_envelope(
+    store: CountingStore, threshold: int, spool: int | None
+) -> None:
     """Every pydicom test file as a C-STORE data set (all transfer syntaxes pydicom ships:
     implicit, explicit, big endian, deflated, encapsulated), with a threshold that defers
-    almost every value and with the default: the same body byte for byte (bulk files
-    compared by content), or the same error; no received file left."""
-    checked = errors = claimed = 0
+    almost every value and with the default, received into pynetdicom's file or a spool
+    (always spilled to its file, never, or past 2 kB): the same body byte for byte (bulk
+    files compared by content), or the same error; no received file left."""
+    checked = errors = claimed = spilled = 0
     for name in _dicom_files():
         data, syntax = _stored_data_set(name)
-        memory, from_file, path = _both(data, syntax, store, threshold)
+        spilled += spool is not None and len(data) > spool
+        memory, from_file, path = _both(data, syntax, store, threshold, spool)
         assert from_file == memory, os.path.basename(name)
         assert not path.exists(), "received file not deleted"
         checked += 1
@@ -222,9 +273,13 @@ def test_envelope_from_file_is_the_in_memory_envelope(store: CountingStore, thre
         claimed += memory[1].count(b"sha256:")
     assert checked >= 150, checked  # pydicom 3.0.2 ships ~190 .dcm files
     assert errors < checked // 4
+    if spool == 2000:  # both kinds
+        assert 20 < spilled < checked - 20, spilled
     if threshold == 16:  # no test file has a value over 1 MiB
         assert claimed > 100
-        assert store.ranges > 100  # copied from the received file
+        # Copied from the received file; from a spool in memory, stored from memory.
+        expected = {None: 100, 0: 100, 2000: 50}
+        assert store.ranges > expected[spool] if spool in expected else store.ranges == 0
     assert not list(store.root.iterdir()), "claim-check files left behind"
 
 
@@ -280,33 +335,36 @@ def test_edge_cases_give_the_in_memory_envelope(
     store: DirectoryStore, data: bytes, syntax: UID
 ) -> None:
     for threshold in (16, 1 << 20):
-        memory, from_file, path = _both(data, syntax, store, threshold)
-        assert from_file == memory
-        assert not path.exists()
+        for spool in (None, 0, 1 << 30):
+            memory, from_file, path = _both(data, syntax, store, threshold, spool)
+            assert from_file == memory
+            assert not path.exists()
     assert not list(store.root.iterdir())
 
 
 def test_big_endian_and_deflated_are_read_whole(store: DirectoryStore) -> None:
     """Both are read into memory as before (nothing left in the file), same envelope."""
     ds = examples.mr
-    for syntax in (ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian):
+    for syntax, spool in itertools.product(
+        (ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian), (None, 0, 1 << 30)
+    ):
         data = encode(ds, False, syntax.is_little_endian, syntax.is_deflated)
         assert data is not None
-        memory, from_file, _ = _both(data, syntax, store, 64)
+        memory, from_file, _ = _both(data, syntax, store, 64, spool)
         assert from_file == memory
         assert memory[0] == "ok"
         assert b"sha256:" in memory[1]
-        primitive = _primitive(data, syntax, to_file=True)
-        path = Path(str(primitive._dataset_path))
-        dataset_file = received.ReceivedDataSet(path, syntax, defer_size=64)
+        primitive = _primitive(data, syntax, to_file=True, spool=spool)
+        handle: Any = primitive._dataset_file
+        source = handle if isinstance(handle, received.Spool) else Path(str(handle.name))
+        dataset_file = received.ReceivedDataSet(source, syntax, defer_size=64)
         try:
             loaded = dataset_file.load()
             assert loaded is not None
             deferred = [e for e in loaded.elements() if getattr(e, "length", 0) and e.value is None]
             assert not deferred
         finally:
-            dataset_file.close()
-            received.remove(path)
+            dataset_file.discard()
 
 
 def _large_data_set(megabytes: int) -> tuple[Dataset, bytes]:
@@ -394,7 +452,8 @@ def test_discard_deletes_partial_and_queued_files(tmp_path: Path) -> None:
     """What pynetdicom never deletes: the file of a data set cut off mid-transfer, and the
     files of requests still queued when the association ends."""
     partial = open(tmp_path / "partial.dcm", "wb")  # noqa: SIM115
-    queued = [open(tmp_path / f"queued-{i}.dcm", "wb") for i in range(2)]  # noqa: SIM115
+    queued: list[Any] = [open(tmp_path / f"queued-{i}.dcm", "wb") for i in range(2)]  # noqa: SIM115
+    queued += [_written_spool(tmp_path, 100, 10), _written_spool(tmp_path, 100, 1000)]
     msg_queue: Any = __import__("queue").Queue()
     for handle in queued:
         msg_queue.put((1, SimpleNamespace(_dataset_file=handle)))
@@ -402,11 +461,96 @@ def test_discard_deletes_partial_and_queued_files(tmp_path: Path) -> None:
     assoc: Any = SimpleNamespace(
         dimse=SimpleNamespace(message=SimpleNamespace(_data_set_file=partial), msg_queue=msg_queue)
     )
+    assert len(list(tmp_path.iterdir())) == 4  # the spool of 10 bytes made no file
     received.discard_partial(assoc)
     received.discard_queued(assoc)
     assert partial.closed
     assert not list(tmp_path.iterdir())
+    assert queued[2].memory() is None  # its memory released
+    spilling = _written_spool(tmp_path, 100, 60)  # cut off mid-transfer, past the limit
+    spilling.write(b"x" * 60)
+    assoc.dimse.message._data_set_file = spilling
+    received.discard_partial(assoc)
+    assert not list(tmp_path.iterdir())
     received.discard_partial(SimpleNamespace(dimse=SimpleNamespace(message=None)))  # type: ignore[arg-type]
+
+
+def _written_spool(directory: Path, limit: int, size: int) -> received.Spool:
+    """A spool as pynetdicom leaves it after receiving ``size`` bytes of data set."""
+    spool = received.Spool(directory, limit)
+    spool.write(b"\0" * 128)  # the preamble, dropped
+    spool.begin()
+    spool.write(os.urandom(size))
+    spool.file.flush()
+    return spool
+
+
+def test_spool_keeps_small_data_sets_in_memory_and_spills_large_ones(tmp_path: Path) -> None:
+    """Up to its limit a spool makes no file; the first write past it creates its file
+    (new, 0600, at the name chosen at once) with the bytes so far, and the rest follows
+    there. pynetdicom's cleanup after the handler (close, unlink ignoring OSError) and
+    discard() work either way."""
+    data = os.urandom(10_000)
+    small = _written_spool(tmp_path, len(data), 0)
+    small.write(data)
+    assert small
+    assert not small.spilled
+    assert not list(tmp_path.iterdir())
+    memory = small.memory()
+    assert memory is not None
+    assert memory.getvalue() == data
+    name = Path(small.name)
+    assert name.parent == tmp_path
+    assert name.name.startswith(received.PREFIX)
+    large = _written_spool(tmp_path, len(data), 0)
+    for offset in range(0, len(data), 3000):  # up to the limit exactly: in memory
+        large.write(data[offset : offset + 3000])
+        large.file.flush()
+        assert not large.spilled
+    large.write(b"tail")
+    large.file.flush()
+    assert large.spilled
+    assert large.memory() is None
+    assert Path(large.name).read_bytes() == data + b"tail"
+    assert Path(large.name).stat().st_mode & 0o777 == 0o600
+    assert Path(small.name) != Path(large.name)
+    for spool in (small, large):  # as pynetdicom's C-STORE service class, after the handler
+        spool.close()
+        with contextlib.suppress(OSError):
+            os.unlink(spool.name)
+        spool.discard()
+    assert not list(tmp_path.iterdir())
+    taken = received.Spool(tmp_path, 0)
+    Path(taken.name).write_bytes(b"someone else's")
+    taken.begin()
+    with pytest.raises(FileExistsError):  # never writes into a file it did not create
+        taken.write(b"x")
+    taken.discard()
+    assert Path(taken.name).read_bytes() == b"someone else's"
+
+
+def test_receiving_a_large_data_set_holds_at_most_the_spool_limit(tmp_path: Path) -> None:
+    """pynetdicom's decoder receiving 32 MB into a spool of 1 MiB: the data set goes to the
+    file, memory allocated while receiving stays near the limit."""
+    ds, pixels = _large_data_set(32)
+    data = encode(ds, False, True)
+    assert data is not None
+    del ds, pixels
+    tracemalloc.start()
+    try:
+        primitive = _primitive(
+            data, ExplicitVRLittleEndian, to_file=True, sop_class=MULTIFRAME, spool=1 << 20
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 << 20, f"{peak / 1e6:.1f} MB allocated receiving 32 MB"
+    handle: Any = primitive._dataset_file
+    assert isinstance(handle, received.Spool)
+    assert handle.spilled
+    assert os.path.getsize(handle.name) == len(data)
+    handle.discard()
+    assert not os.path.exists(handle.name)
 
 
 def _pynetdicom_file() -> Path:
@@ -442,11 +586,12 @@ def test_files_go_to_the_receive_directory_of_their_ae(tmp_path: Path) -> None:
     try:
         assert made["mine"].parent == tmp_path / "receiving"
         assert made["mine"].name.startswith(received.PREFIX)
+        assert not made["mine"].exists()  # a spool: a file only once past its limit
         assert made["other"].parent == Path(tempfile.gettempdir())
         assert made["no association"].parent == Path(tempfile.gettempdir())
     finally:
         for path in made.values():
-            path.unlink()
+            path.unlink(missing_ok=True)
 
 
 def test_sweep_deletes_only_old_received_files(tmp_path: Path) -> None:
