@@ -16,7 +16,9 @@ association starts) swaps the two loops of one association:
 - The association thread blocks on a :class:`threading.Event` set by puts on the DIMSE
   message queue and on the DUL's ``to_user_queue`` (release and abort primitives).
 
-The loop bodies are pynetdicom 3.0.4's, call for call; only the waiting differs. Both
+The loop bodies are pynetdicom 3.0.4's, call for call; only the waiting differs, and an
+``InvalidEventError`` (a peer's PDU out of order) aborts the association instead of
+killing the DUL thread with an unhandled exception. Both
 loops still wake every :data:`IDLE_WAKE` seconds for what has no event (ARTIM and idle
 timers, kill flags set from other threads). They use private attributes of pynetdicom, so
 ``pyproject.toml`` pins pynetdicom below 3.1 and ``tests/test_reactor.py`` checks that
@@ -37,6 +39,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pynetdicom import evt
+from pynetdicom.fsm import InvalidEventError
 from pynetdicom.pdu import A_ABORT_RQ
 
 if TYPE_CHECKING:
@@ -184,14 +187,7 @@ def _dul_loop(dul: DULServiceProvider, waker: _Waker) -> None:
         except Exception as exc:
             LOGGER.error("Exception in DUL.run(), aborting association")
             LOGGER.exception(exc)
-            abort_pdu = A_ABORT_RQ()
-            abort_pdu.source = 0x02
-            abort_pdu.reason_diagnostic = 0x00
-            cast(Any, dul.socket).send(abort_pdu.encode())
-            dul.assoc.is_aborted = True
-            dul.assoc.is_established = False
-            dul.assoc._kill = True
-            dul._kill_thread = True
+            _abort(dul)
             return
 
         try:
@@ -200,8 +196,29 @@ def _dul_loop(dul: DULServiceProvider, waker: _Waker) -> None:
             sleep = True
             continue
 
-        dul.state_machine.do_action(event)
+        try:
+            dul.state_machine.do_action(event)
+        except InvalidEventError as exc:
+            # The one departure from pynetdicom's loop, where this kills the DUL thread
+            # with an unhandled exception (a peer sending a PDU its state does not allow,
+            # e.g. bytes after an A-ASSOCIATE-RQ). A-ABORT instead, as for a bad PDU.
+            LOGGER.warning("%s: aborting association", exc)
+            _abort(dul)
+            return
         sleep = False
+
+
+def _abort(dul: DULServiceProvider) -> None:
+    """Send A-ABORT and stop both loops, bypassing the state machine (pynetdicom's own
+    handling of an exception in its DUL loop)."""
+    abort_pdu = A_ABORT_RQ()
+    abort_pdu.source = 0x02
+    abort_pdu.reason_diagnostic = 0x00
+    cast(Any, dul.socket).send(abort_pdu.encode())
+    dul.assoc.is_aborted = True
+    dul.assoc.is_established = False
+    dul.assoc._kill = True
+    dul._kill_thread = True
 
 
 def _assoc_runner(ready: threading.Event) -> Callable[[Association], None]:

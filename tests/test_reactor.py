@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -23,6 +24,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 from bridge import reactor
 from tests.conftest import BridgeFactory
 from tests.harness import BridgeHarness, Recorder, association
+from tests.test_security import _assoc_rq, _send_raw
 
 # sha256 of pynetdicom 3.0.4's loop sources that bridge.reactor reproduces.
 COPIED: dict[str, tuple[Callable[..., Any], str]] = {
@@ -163,3 +165,17 @@ def test_many_associations_open_and_close(make_bridge: BridgeFactory) -> None:
     # Set-up and release must not wait for a timer tick: a missed wake-up of the DUL
     # (stop_dul, Sta13) would add IDLE_WAKE or more to each.
     assert per_association < 0.25, f"{per_association * 1000:.0f} ms per association"
+
+
+def test_out_of_order_pdu_aborts_instead_of_killing_the_thread(
+    bridge: BridgeHarness, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    died: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+    # A valid A-ASSOCIATE-RQ and bytes that are no PDU: pynetdicom's loop raised
+    # InvalidEventError ('Evt7' in 'Sta13') in the DUL thread.
+    _send_raw(bridge.port, _assoc_rq() + b"\x99" * 100)
+    wait_for(lambda: bridge.running.scp.active_associations == 0, timeout=5.0)
+    assert died == []
+    with association(bridge.port) as assoc:
+        assert assoc.send_c_echo().Status == 0
