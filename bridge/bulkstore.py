@@ -113,16 +113,29 @@ class DirectoryStore:
 
     def sweep(self, max_age: float) -> int:
         """Delete files older than ``max_age`` seconds; returns how many."""
-        cutoff = time.time() - max_age
-        removed = 0
-        for entry in self.root.iterdir():
-            try:
-                if entry.is_file() and entry.stat().st_mtime < cutoff:
-                    entry.unlink()
-                    removed += 1
-            except OSError:
-                continue
-        return removed
+        return sweep_files(self.root, max_age)
+
+
+def sweep_files(directory: Path, max_age: float, prefixes: tuple[str, ...] = ("",)) -> int:
+    """Delete the files in ``directory`` whose names start with one of ``prefixes`` and
+    that were last written more than ``max_age`` seconds ago; returns how many. A file
+    that cannot be examined or deleted is left; a missing directory has none."""
+    cutoff = time.time() - max_age
+    removed = 0
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(prefixes):
+            continue
+        try:
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                entry.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 # copy_file_range cannot serve this pair of files (another filesystem on older kernels,

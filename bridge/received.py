@@ -38,7 +38,6 @@ import secrets
 import struct
 import tempfile
 import threading
-import time
 import weakref
 import zlib
 from collections.abc import Callable
@@ -56,6 +55,7 @@ from pydicom.tag import SequenceDelimiterTag
 from pydicom.uid import UID
 from pynetdicom import _config, dimse_messages, dsutils
 
+from bridge.bulkstore import sweep_files
 from bridge.errors import CodecError
 
 if TYPE_CHECKING:
@@ -265,22 +265,7 @@ def discard_queued(assoc: Association) -> None:
 def sweep(directory: Path, max_age: float = SWEEP_AGE) -> int:
     """Delete received files not written for ``max_age`` seconds (left by a process that
     was killed); returns how many."""
-    cutoff = time.time() - max_age
-    removed = 0
-    try:
-        entries = list(directory.iterdir())
-    except OSError:
-        return 0
-    for entry in entries:
-        if not entry.name.startswith((PREFIX, ".probe-")):
-            continue
-        try:
-            if entry.is_file() and entry.stat().st_mtime < cutoff:
-                entry.unlink()
-                removed += 1
-        except OSError:
-            continue
-    return removed
+    return sweep_files(directory, max_age, (PREFIX, ".probe-"))
 
 
 @dataclass(frozen=True)

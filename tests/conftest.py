@@ -11,6 +11,7 @@ from bridge.model import SINGLE_REPLY_SERVICES, Service
 from tests.harness import (
     BridgeHarness,
     ConsumerHarness,
+    RawResponder,
     Recorder,
     bridge_settings,
     broker_reachable,
@@ -107,3 +108,23 @@ def recorder(make_consumer: ConsumerFactory) -> Recorder:
     rec = Recorder()
     make_consumer(rec)
     return rec
+
+
+RawFactory = Callable[..., RawResponder]
+
+
+@pytest.fixture
+def raw(exchange: str) -> Iterator[RawFactory]:
+    """Consumers without the SDK (:class:`RawResponder`), stopped after the test."""
+    started: list[RawResponder] = []
+
+    def make(
+        reply: Callable[[Any], bytes | list[bytes] | None], pattern: str = "#"
+    ) -> RawResponder:
+        responder = RawResponder(exchange, reply, pattern)
+        started.append(responder)
+        return responder
+
+    yield make
+    for responder in started:
+        responder.stop()

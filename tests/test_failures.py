@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from io import BytesIO
-from typing import Any
 
 import orjson
 import pytest
@@ -79,20 +78,6 @@ BAD_REPLY = {
     Service.N_EVENT_REPORT: 0x0110,
     Service.N_ACTION: 0x0110,
 }
-
-
-@pytest.fixture
-def raw(exchange: str) -> Iterator[Callable[..., RawResponder]]:
-    started: list[RawResponder] = []
-
-    def make(reply: Callable[[Any], bytes | None], pattern: str = "#") -> RawResponder:
-        responder = RawResponder(exchange, reply, pattern)
-        started.append(responder)
-        return responder
-
-    yield make
-    for responder in started:
-        responder.stop()
 
 
 @pytest.mark.parametrize("service", list(SENDS), ids=lambda s: s.value)

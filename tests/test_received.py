@@ -757,20 +757,6 @@ def test_oversize_data_set_refused_and_its_file_deleted(
     assert _store_status(harness, megabytes=1) == 0  # 1 MB: under the limit
 
 
-@pytest.fixture
-def raw(exchange: str) -> Iterator[Callable[..., RawResponder]]:
-    started: list[RawResponder] = []
-
-    def make(reply: Callable[..., Any], pattern: str = "#") -> RawResponder:
-        responder = RawResponder(exchange, reply, pattern)
-        started.append(responder)
-        return responder
-
-    yield make
-    for responder in started:
-        responder.stop()
-
-
 def test_small_store_and_data_set_file_of_a_test_file(
     bulk_bridge: Any, make_consumer: ConsumerFactory
 ) -> None:
