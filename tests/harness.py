@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aio_pika
+from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
 
@@ -329,3 +330,23 @@ class TcpProxy:
         with contextlib.suppress(Exception):
             self.stop()
         self._loop.stop()
+
+
+TRANSACTION_UID = "1.2.826.0.1.3680043.8.498.3"
+
+
+def make_dataset(**elements: Any) -> Dataset:
+    """A dataset with ``elements`` set by keyword."""
+    ds = Dataset()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def commitment_info() -> Dataset:
+    """Storage Commitment Event/Action Information: one referenced CT instance."""
+    item = make_dataset(
+        ReferencedSOPClassUID="1.2.840.10008.5.1.4.1.1.2",
+        ReferencedSOPInstanceUID="1.2.826.0.1.3680043.8.498.2",
+    )
+    return make_dataset(TransactionUID=TRANSACTION_UID, ReferencedSOPSequence=[item])

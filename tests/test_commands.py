@@ -45,7 +45,7 @@ from bridge.consumer import Request, Response
 from bridge.dicomjson import dataset_to_json
 from bridge.model import Service
 from tests.conftest import BridgeFactory, ConsumerFactory
-from tests.harness import AMQP_URL, LoopThread, association, free_port
+from tests.harness import AMQP_URL, LoopThread, association, free_port, make_dataset
 from tests.schemas import validator
 
 COMMAND_REPLY = validator("command-reply.schema.json")
@@ -60,13 +60,6 @@ N_CONTEXTS = [
     FIND,
     Verification,
 ]
-
-
-def _ds(**elements: Any) -> Dataset:
-    ds = Dataset()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 def _file(name: str) -> Path:
@@ -372,10 +365,12 @@ def test_store_by_claim_check_and_compressed(
 
 # -- DIMSE-N services and C-FIND against pynetdicom SCPs -----------------------------------
 
-COMMITMENT = _ds(
+COMMITMENT = make_dataset(
     TransactionUID="1.2.826.0.1.3680043.8.498.3",
     ReferencedSOPSequence=[
-        _ds(ReferencedSOPClassUID="1.2.840.10008.5.1.4.1.1.2", ReferencedSOPInstanceUID=INSTANCE)
+        make_dataset(
+            ReferencedSOPClassUID="1.2.840.10008.5.1.4.1.1.2", ReferencedSOPInstanceUID=INSTANCE
+        )
     ],
 )
 CREATED = "1.2.826.0.1.3680043.8.498.77"
@@ -383,27 +378,29 @@ CREATED = "1.2.826.0.1.3680043.8.498.77"
 
 def _n_handlers() -> dict[evt.InterventionEvent, Callable[[Event], Any]]:
     def event_report(event: Event) -> Any:
-        return _ds(Status=0x0000), _ds(RetrieveAETitle="PEER")
+        return make_dataset(Status=0x0000), make_dataset(RetrieveAETitle="PEER")
 
     def action(event: Event) -> Any:
-        return _ds(Status=0x0000), _ds(TransactionUID=event.action_information.TransactionUID)
+        return make_dataset(Status=0x0000), make_dataset(
+            TransactionUID=event.action_information.TransactionUID
+        )
 
     def create(event: Event) -> Any:
         attributes = event.attribute_list
         attributes.AffectedSOPInstanceUID = CREATED  # pynetdicom moves it to the response
-        return _ds(Status=0x0000), attributes
+        return make_dataset(Status=0x0000), attributes
 
     def set_(event: Event) -> Any:
-        return _ds(Status=0x0000), event.modification_list
+        return make_dataset(Status=0x0000), event.modification_list
 
     def get(event: Event) -> Any:
         return (
-            _ds(Status=0x0107, AttributeIdentifierList=[0x00400252]),
-            _ds(Modality="CT"),
+            make_dataset(Status=0x0107, AttributeIdentifierList=[0x00400252]),
+            make_dataset(Modality="CT"),
         )
 
     def delete(event: Event) -> Any:
-        return _ds(Status=0x0112, ErrorComment="no such film session", ErrorID=42)
+        return make_dataset(Status=0x0112, ErrorComment="no such film session", ErrorID=42)
 
     return {
         evt.EVT_N_EVENT_REPORT: event_report,
@@ -429,7 +426,7 @@ def test_n_services_statuses_elements_and_datasets(
         "version": 1, "id": "-", "service": "n-event-report", "final": True, "status": 0,
         "category": "success", "affected_sop_class_uid": sc,
         "affected_sop_instance_uid": INSTANCE, "event_type_id": 2,
-        "dataset": dataset_to_json(_ds(RetrieveAETitle="PEER")),
+        "dataset": dataset_to_json(make_dataset(RetrieveAETitle="PEER")),
     }  # fmt: skip
     seen = peer.events[-1]
     assert _req(seen).EventTypeID == 2
@@ -446,20 +443,20 @@ def test_n_services_statuses_elements_and_datasets(
     assert _req(peer.events[-1]).ActionTypeID == 1
 
     created = client.send_create_sync(
-        "PEER", _ds(PerformedProcedureStepStatus="IN PROGRESS"), sop_class_uid=mpps
+        "PEER", make_dataset(PerformedProcedureStepStatus="IN PROGRESS"), sop_class_uid=mpps
     )
     assert (created.status, created.affected_sop_instance_uid) == (0, CREATED)
     assert created.dataset is not None
     assert created.dataset.PerformedProcedureStepStatus == "IN PROGRESS"
 
     modified = client.send_set_sync(
-        "PEER", _ds(PerformedProcedureStepStatus="COMPLETED"),
+        "PEER", make_dataset(PerformedProcedureStepStatus="COMPLETED"),
         sop_class_uid=mpps, sop_instance_uid=CREATED,
     )  # fmt: skip
     assert modified.status == 0
     assert modified.dataset is not None
     assert dataset_to_json(modified.dataset) == dataset_to_json(
-        _ds(PerformedProcedureStepStatus="COMPLETED")
+        make_dataset(PerformedProcedureStepStatus="COMPLETED")
     )
     assert _req(peer.events[-1]).RequestedSOPInstanceUID == CREATED
 
@@ -471,7 +468,7 @@ def test_n_services_statuses_elements_and_datasets(
         0x0107, "warning", [0x00400252],
     )  # fmt: skip
     assert got.dataset is not None
-    assert dataset_to_json(got.dataset) == dataset_to_json(_ds(Modality="CT"))
+    assert dataset_to_json(got.dataset) == dataset_to_json(make_dataset(Modality="CT"))
     assert [int(t) for t in _req(peer.events[-1]).AttributeIdentifierList] == [
         0x00400252, 0x00080060,
     ]  # fmt: skip
@@ -487,7 +484,9 @@ def test_n_services_statuses_elements_and_datasets(
 
 
 def _study(n: int) -> Dataset:
-    return _ds(QueryRetrieveLevel="STUDY", StudyInstanceUID=f"1.2.826.0.1.3680043.8.498.{n}")
+    return make_dataset(
+        QueryRetrieveLevel="STUDY", StudyInstanceUID=f"1.2.826.0.1.3680043.8.498.{n}"
+    )
 
 
 def test_c_find_streams_every_match_then_the_final_status(
@@ -502,7 +501,7 @@ def test_c_find_streams_every_match_then_the_final_status(
 
     peer = make_peer({evt.EVT_C_FIND: find})
     make_commander({"PEER": peer.port})
-    query = _ds(QueryRetrieveLevel="STUDY", StudyInstanceUID="", PatientID="X")
+    query = make_dataset(QueryRetrieveLevel="STUDY", StudyInstanceUID="", PatientID="X")
     stream = client.send_find_sync("PEER", query, query_model="study-root")
     matches = list(stream)
     assert [m.dataset.StudyInstanceUID for m in matches if m.dataset] == [
@@ -551,7 +550,7 @@ def test_concurrency_per_destination_is_limited(
 ) -> None:
     def slow(event: Event) -> Any:
         time.sleep(0.3)
-        return _ds(Status=0), None
+        return make_dataset(Status=0), None
 
     peer = make_peer({evt.EVT_N_ACTION: slow})
     commander = make_commander({"PEER": peer.port}, command_pool_size=2)
@@ -592,7 +591,7 @@ def test_storage_commitment_round_trip(
     reaches on a new association proposing to be the Storage Commitment SCP."""
     reported = threading.Event()
     modality = make_peer(
-        {evt.EVT_N_EVENT_REPORT: lambda event: _set_then(reported, (_ds(Status=0), None))},
+        {evt.EVT_N_EVENT_REPORT: lambda event: _set_then(reported, (make_dataset(Status=0), None))},
         contexts=[StorageCommitmentPushModel],
         ae_title="MODALITY",
     )
@@ -604,7 +603,7 @@ def test_storage_commitment_round_trip(
     async def commit(request: Request) -> Response:
         info = request.action_information
         assert info is not None
-        result = _ds(
+        result = make_dataset(
             TransactionUID=info.TransactionUID, ReferencedSOPSequence=info.ReferencedSOPSequence
         )
         reports.append(
@@ -709,7 +708,7 @@ def test_peer_that_does_not_answer_times_out(
     def slow(event: Event) -> Any:
         if event.action_type == 9:
             time.sleep(2.0)
-        return _ds(Status=0), None
+        return make_dataset(Status=0), None
 
     peer = make_peer({evt.EVT_N_ACTION: slow})
     commander = make_commander({"PEER": peer.port}, command_dimse_timeout=1.0)
@@ -735,7 +734,7 @@ def test_peer_abort_mid_operation(
 
     peer = make_peer({evt.EVT_C_FIND: find, evt.EVT_C_ECHO: lambda event: 0})
     make_commander({"PEER": peer.port})
-    query = _ds(QueryRetrieveLevel="STUDY", StudyInstanceUID="")
+    query = make_dataset(QueryRetrieveLevel="STUDY", StudyInstanceUID="")
     stream = client.send_find_sync("PEER", query)
     first = next(stream)
     assert first.status == 0xFF00
@@ -804,7 +803,7 @@ def test_body_that_is_not_json(exchange: str, make_commander: CommanderFactory) 
 def test_datasets_that_do_not_decode_or_encode(
     make_commander: CommanderFactory, client: CommandClient, make_peer: Callable[..., PeerSCP]
 ) -> None:
-    peer = make_peer({evt.EVT_N_ACTION: lambda event: (_ds(Status=0), None)})
+    peer = make_peer({evt.EVT_N_ACTION: lambda event: (make_dataset(Status=0), None)})
     commander = make_commander({"PEER": peer.port})
     action = {"sop_class_uid": str(StorageCommitmentPushModel), "sop_instance_uid": INSTANCE}
     bad_vr = client._action("PEER", 1, None, **action)
@@ -814,17 +813,20 @@ def test_datasets_that_do_not_decode_or_encode(
         "bad-dataset", "action_information: (0008,1195): unknown vr",
     )  # fmt: skip
     # Text outside the Specific Character Set (none: ASCII) would be sent as '?'.
-    latin = client._action("PEER", 1, _ds(PatientName="Zoë^Müller"), **action)
+    latin = client._action("PEER", 1, make_dataset(PatientName="Zoë^Müller"), **action)
     error = _failure(lambda: client.send_sync(latin))
     assert error.reason == "bad-dataset"
     assert "(0010,0010) PN: text not representable" in error.message
     assert "Zo" not in error.message  # no values in errors
     # With the character set declared, the same name is fine.
     ok = client.send_action_sync(
-        "PEER", 1, _ds(SpecificCharacterSet="ISO_IR 192", PatientName="Zoë^Müller"), **action
+        "PEER",
+        1,
+        make_dataset(SpecificCharacterSet="ISO_IR 192", PatientName="Zoë^Müller"),
+        **action,
     )
     assert ok.status == 0
-    store = client._store("PEER", _ds(PatientID="X"))  # no SOP Class/Instance UID
+    store = client._store("PEER", make_dataset(PatientID="X"))  # no SOP Class/Instance UID
     error = _failure(lambda: client.send_sync(store))
     assert (error.reason, error.message) == ("bad-dataset", "dataset has no SOPClassUID")
     assert len(peer.events) == 1

@@ -23,19 +23,24 @@ import aio_pika
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StorageCommitmentPushModel,
 )
 
 from tests.conftest import BridgeFactory
-from tests.harness import AMQP_URL, BridgeHarness, association, free_port
+from tests.harness import (
+    AMQP_URL,
+    TRANSACTION_UID,
+    BridgeHarness,
+    association,
+    commitment_info,
+    free_port,
+)
 from tests.schemas import validate_envelope, validate_reply
 
 CONSUMER_DIR = Path(__file__).resolve().parent.parent / "examples" / "node-consumer"
 INSTANCE = "1.2.826.0.1.3680043.8.498.1"
-TRANSACTION = "1.2.826.0.1.3680043.8.498.3"
 # The patient names of CT_small.dcm and MR_small.dcm ("CompressedSamples^CT1", ...) and
 # their Patient IDs: none may reach the consumer's log.
 PATIENT_DATA = ("CompressedSamples", "1CT1", "4MR1")
@@ -145,21 +150,6 @@ def start_node(exchange: str) -> Iterator[StartNode]:
         consumer.kill()
 
 
-def _ds(**elements: Any) -> Dataset:
-    ds = Dataset()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def _commitment_info() -> Dataset:
-    item = _ds(
-        ReferencedSOPClassUID=str(CTImageStorage),
-        ReferencedSOPInstanceUID="1.2.826.0.1.3680043.8.498.2",
-    )
-    return _ds(TransactionUID=TRANSACTION, ReferencedSOPSequence=[item])
-
-
 def _test_file(name: str) -> Path:
     path = get_testdata_file(name, download=False)
     assert path is not None, name
@@ -180,21 +170,21 @@ def test_n_event_report_storage_commitment(bridge: BridgeHarness, start_node: St
     consumer = start_node()
     with association(bridge.port, [StorageCommitmentPushModel]) as assoc:
         status, reply = assoc.send_n_event_report(
-            _commitment_info(), 1, StorageCommitmentPushModel, INSTANCE
+            commitment_info(), 1, StorageCommitmentPushModel, INSTANCE
         )
         assert status.Status == 0x0000
         assert reply is not None
-        assert reply.TransactionUID == TRANSACTION
+        assert reply.TransactionUID == TRANSACTION_UID
         assert len(reply) == 1  # the Event Reply holds just the echoed Transaction UID
 
         status, reply = assoc.send_n_event_report(
-            _commitment_info(), 3, StorageCommitmentPushModel, INSTANCE
+            commitment_info(), 3, StorageCommitmentPushModel, INSTANCE
         )
         assert status.Status == 0x0113
         assert status.ErrorComment == "no such event type"
         assert reply is None
     line = consumer.wait_for("event 1 from TEST-SCU")
-    assert f"transaction {TRANSACTION}, 1 committed, 0 failed" in line
+    assert f"transaction {TRANSACTION_UID}, 1 committed, 0 failed" in line
     assert "no such event type" in consumer.wait_for("event 3 from TEST-SCU")
     _assert_clean_exit(consumer)
 

@@ -32,25 +32,16 @@ from bridge.consumer import Response
 from bridge.dicomjson import dataset_to_json
 from bridge.model import Service
 from tests.conftest import ConsumerFactory
-from tests.harness import BridgeHarness, Recorder, association
+from tests.harness import (
+    BridgeHarness,
+    Recorder,
+    association,
+    commitment_info,
+    make_dataset,
+)
 from tests.schemas import validate_envelope
 
 INSTANCE = "1.2.826.0.1.3680043.8.498.1"
-
-
-def _ds(**elements: Any) -> Dataset:
-    ds = Dataset()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def _commitment_info() -> Dataset:
-    item = _ds(
-        ReferencedSOPClassUID=str(CTImageStorage),
-        ReferencedSOPInstanceUID="1.2.826.0.1.3680043.8.498.2",
-    )
-    return _ds(TransactionUID="1.2.826.0.1.3680043.8.498.3", ReferencedSOPSequence=[item])
 
 
 @dataclass
@@ -73,11 +64,11 @@ def _pair(result: Any) -> tuple[Dataset, Dataset | None]:
     return result, None
 
 
-EVENT_INFO = _commitment_info()
-ACTION_INFO = _commitment_info()
-MPPS_CREATE = _ds(PerformedProcedureStepStatus="IN PROGRESS", Modality="CT")
-MPPS_SET = _ds(PerformedProcedureStepStatus="COMPLETED")
-UPS_CANCEL = _ds(ReasonForCancellation="operator request")
+EVENT_INFO = commitment_info()
+ACTION_INFO = commitment_info()
+MPPS_CREATE = make_dataset(PerformedProcedureStepStatus="IN PROGRESS", Modality="CT")
+MPPS_SET = make_dataset(PerformedProcedureStepStatus="COMPLETED")
+UPS_CANCEL = make_dataset(ReasonForCancellation="operator request")
 
 CASES = [
     Case(
@@ -117,7 +108,7 @@ CASES = [
         Service.N_EVENT_REPORT,
         [StorageCommitmentPushModel],
         lambda a: a.send_n_event_report(EVENT_INFO, 1, StorageCommitmentPushModel, INSTANCE),
-        Response(0x0000, dataset=_ds(RetrieveAETitle="ARCHIVE")),
+        Response(0x0000, dataset=make_dataset(RetrieveAETitle="ARCHIVE")),
         request_dataset=("event_information", EVENT_INFO),
         command={
             "event_type_id": 1,
@@ -141,7 +132,7 @@ CASES = [
         Service.N_EVENT_REPORT,
         [UnifiedProcedureStepEvent],
         lambda a: a.send_n_event_report(
-            _ds(ProcedureStepState="SCHEDULED"), 1, UnifiedProcedureStepPush, INSTANCE
+            make_dataset(ProcedureStepState="SCHEDULED"), 1, UnifiedProcedureStepPush, INSTANCE
         ),
         Response(0x0000),
         command={"event_type_id": 1},
@@ -153,7 +144,9 @@ CASES = [
         lambda a: a.send_n_get(
             [Tag(0x00400252), Tag(0x00080060)], ModalityPerformedProcedureStepRetrieve, INSTANCE
         ),
-        Response(0x0000, dataset=_ds(PerformedProcedureStepStatus="COMPLETED", Modality="MR")),
+        Response(
+            0x0000, dataset=make_dataset(PerformedProcedureStepStatus="COMPLETED", Modality="MR")
+        ),
         command={
             "attribute_identifier_list": ["00400252", "00080060"],
             "requested_sop_class_uid": str(ModalityPerformedProcedureStepRetrieve),
@@ -167,7 +160,7 @@ CASES = [
         lambda a: a.send_n_get([Tag(0x00400252)], ModalityPerformedProcedureStepRetrieve, INSTANCE),
         Response(
             0x0107,
-            dataset=_ds(Modality="CT"),
+            dataset=make_dataset(Modality="CT"),
             error_comment="attribute list error",
             attribute_identifier_list=[0x00400252],
         ),
@@ -177,7 +170,7 @@ CASES = [
         Service.N_SET,
         [ModalityPerformedProcedureStep],
         lambda a: a.send_n_set(MPPS_SET, ModalityPerformedProcedureStep, INSTANCE),
-        Response(0x0000, dataset=_ds(PerformedProcedureStepStatus="COMPLETED")),
+        Response(0x0000, dataset=make_dataset(PerformedProcedureStepStatus="COMPLETED")),
         request_dataset=("modification_list", MPPS_SET),
         command={"requested_sop_instance_uid": INSTANCE},
     ),
@@ -196,7 +189,7 @@ CASES = [
         Service.N_ACTION,
         [UnifiedProcedureStepPull],
         lambda a: a.send_n_action(UPS_CANCEL, 2, UnifiedProcedureStepPull, INSTANCE),
-        Response(0xB304, dataset=_ds(ProcedureStepState="CANCELED"), error_id=3),
+        Response(0xB304, dataset=make_dataset(ProcedureStepState="CANCELED"), error_id=3),
         request_dataset=("action_information", UPS_CANCEL),
         command={"action_type_id": 2},
     ),
@@ -207,7 +200,7 @@ CASES = [
         lambda a: a.send_n_create(MPPS_CREATE, ModalityPerformedProcedureStep, None),
         Response(
             0x0000,
-            dataset=_ds(PerformedProcedureStepStatus="IN PROGRESS"),
+            dataset=make_dataset(PerformedProcedureStepStatus="IN PROGRESS"),
             affected_sop_instance_uid="1.2.826.0.1.3680043.8.498.99",
         ),
         request_dataset=("attribute_list", MPPS_CREATE),
@@ -218,7 +211,7 @@ CASES = [
         Service.N_CREATE,
         [ModalityPerformedProcedureStep],
         lambda a: a.send_n_create(MPPS_CREATE, ModalityPerformedProcedureStep, INSTANCE),
-        Response(0x0000, dataset=_ds(Modality="CT")),
+        Response(0x0000, dataset=make_dataset(Modality="CT")),
         command={"affected_sop_instance_uid": INSTANCE},
     ),
     Case(
@@ -365,7 +358,7 @@ def test_many_requests_on_one_association_keep_order(
 ) -> None:
     with association(bridge.port, [StorageCommitmentPushModel]) as assoc:
         for n in range(20):
-            info = _commitment_info()
+            info = commitment_info()
             info.TransactionUID = f"1.2.826.0.1.3680043.8.498.100.{n}"
             status, _ = assoc.send_n_event_report(info, 1, StorageCommitmentPushModel, INSTANCE)
             assert status.Status == 0
@@ -376,10 +369,10 @@ def test_many_requests_on_one_association_keep_order(
 def test_sequence_values_survive_the_round_trip(
     bridge: BridgeHarness, make_consumer: ConsumerFactory
 ) -> None:
-    reply = _ds(
+    reply = make_dataset(
         ReferencedSOPSequence=Sequence(
             [
-                _ds(ReferencedSOPInstanceUID=f"1.2.3.{n}", ReferencedSOPClassUID="1.2.3")
+                make_dataset(ReferencedSOPInstanceUID=f"1.2.3.{n}", ReferencedSOPClassUID="1.2.3")
                 for n in range(3)
             ]
         )
