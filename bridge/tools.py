@@ -387,28 +387,37 @@ def _check_ae_table(settings: BridgeSettings, report: Report) -> None:
         report.add("OK", "AE table", f"{settings.ae_table}: {len(table)} AE titles")
 
 
-def _check_bulk_dir(settings: BridgeSettings, report: Report) -> None:
-    path = settings.bulk_dir.expanduser().resolve()
+def _check_directories(settings: BridgeSettings, report: Report) -> None:
+    _check_directory("bulk directory", settings.bulk_dir, report)
+    # The default receive directory is inside the bulk directory: checked with it.
+    if settings.receive_to_disk and settings.receive_dir is not None:
+        _check_directory("receive directory", settings.receive_dir, report)
+
+
+def _check_directory(name: str, directory: Path, report: Report) -> None:
+    """A directory serve writes patient data into: writable (or creatable), not open to
+    every user."""
+    path = directory.expanduser().resolve()
     if path.exists():
         if not path.is_dir():
-            report.add("FAIL", "bulk directory", f"{path} is not a directory")
+            report.add("FAIL", name, f"{path} is not a directory")
         elif not os.access(path, os.W_OK | os.X_OK):
-            report.add("FAIL", "bulk directory", f"{path} is not writable by this user")
+            report.add("FAIL", name, f"{path} is not writable by this user")
         elif path.stat().st_mode & 0o007:
             mode = path.stat().st_mode & 0o777
             report.add(
                 "WARN",
-                "bulk directory",
-                f"{path} is open to every user (mode {mode:o}): bulk data is patient data",
+                name,
+                f"{path} is open to every user (mode {mode:o}): its files are patient data",
             )
         else:
-            report.add("OK", "bulk directory", f"{path} (writable)")
+            report.add("OK", name, f"{path} (writable)")
         return
     ancestor = next(p for p in path.parents if p.exists())
     if os.access(ancestor, os.W_OK | os.X_OK):
-        report.add("OK", "bulk directory", f"{path} does not exist yet; serve creates it (700)")
+        report.add("OK", name, f"{path} does not exist yet; serve creates it (700)")
     else:
-        report.add("FAIL", "bulk directory", f"{path} cannot be created: {ancestor} not writable")
+        report.add("FAIL", name, f"{path} cannot be created: {ancestor} not writable")
 
 
 def _check_port(settings: BridgeSettings, report: Report) -> None:
@@ -689,7 +698,7 @@ def _check(management_url: str, bindings_from: str, timeout: float, **flags: Any
             "their requests never reach consumers",
         )
     _check_ae_table(settings, report)
-    _check_bulk_dir(settings, report)
+    _check_directories(settings, report)
     _check_port(settings, report)
     asyncio.run(
         _check_broker(

@@ -554,3 +554,19 @@ def test_render_cancel_notices_and_garbage() -> None:
     assert json.loads(second)["type"] == "cancel"
     garbage = tools.render(Delivered(b"\x00\x01", "k"), compact=False, show_phi=False, binary=False)
     assert garbage == "k  (2 bytes, not a JSON object)"
+
+
+def test_check_examines_a_receive_directory_of_its_own(exchange: str, tmp_path: Path) -> None:
+    declare_exchange(exchange)
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    failed = rows(_check(exchange, tmp_path, "--receive-dir", str(not_a_directory)).stdout)
+    assert failed["receive"] == "FAIL"
+    assert failed["bulk"] == "OK"
+    fine = rows(_check(exchange, tmp_path, "--receive-dir", str(tmp_path / "receiving")).stdout)
+    assert fine["receive"] == "OK"
+    # Default (inside the bulk directory) or receiving in memory: nothing of its own.
+    assert "receive" not in rows(_check(exchange, tmp_path).stdout)
+    off = _check(exchange, tmp_path, "--receive-dir", str(not_a_directory), "--no-receive-to-disk")
+    assert "receive" not in rows(off.stdout)
+    assert rows(off.stdout)["bulk"] == "OK", off.stdout + off.stderr
