@@ -28,13 +28,13 @@ the attributes are still there.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import select
 import socket
 import ssl
 import threading
-import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -117,14 +117,10 @@ def make_event_driven(assoc: Association) -> None:
     dul = assoc.dul
     waker = _Waker()
     ready = threading.Event()
-
-    def wake_assoc() -> None:
-        ready.set()
-
     dul.to_provider_queue = _WakingQueue(waker.wake, dul.to_provider_queue)
     dul.event_queue = _WakingQueue(waker.wake, dul.event_queue)
-    dul.to_user_queue = _WakingQueue(wake_assoc, dul.to_user_queue)
-    assoc.dimse.msg_queue = _WakingQueue(wake_assoc, assoc.dimse.msg_queue)
+    dul.to_user_queue = _WakingQueue(ready.set, dul.to_user_queue)
+    assoc.dimse.msg_queue = _WakingQueue(ready.set, assoc.dimse.msg_queue)
 
     kill_dul = dul.kill_dul
 
@@ -135,8 +131,8 @@ def make_event_driven(assoc: Association) -> None:
     # Instance attributes win over the class's methods: Thread.start() calls self.run(),
     # and pynetdicom's run_reactor looks up self._run_reactor on every start.
     setattr(dul, "kill_dul", kill_and_wake)  # noqa: B010
-    setattr(dul, "run", types.MethodType(_dul_runner(waker, wake_assoc), dul))  # noqa: B010
-    setattr(assoc, "_run_reactor", types.MethodType(_assoc_runner(ready), assoc))  # noqa: B010
+    setattr(dul, "run", functools.partial(_run_dul, dul, waker, ready))  # noqa: B010
+    setattr(assoc, "_run_reactor", functools.partial(_assoc_loop, assoc, ready))  # noqa: B010
 
 
 def _peer_socket(dul: DULServiceProvider) -> socket.socket | None:
@@ -146,17 +142,12 @@ def _peer_socket(dul: DULServiceProvider) -> socket.socket | None:
     return wrapper.socket
 
 
-def _dul_runner(
-    waker: _Waker, wake_assoc: Callable[[], None]
-) -> Callable[[DULServiceProvider], None]:
-    def run(dul: DULServiceProvider) -> None:
-        try:
-            _dul_loop(dul, waker)
-        finally:
-            waker.close()
-            wake_assoc()  # the association loop checks dul.is_alive() when it wakes
-
-    return run
+def _run_dul(dul: DULServiceProvider, waker: _Waker, ready: threading.Event) -> None:
+    try:
+        _dul_loop(dul, waker)
+    finally:
+        waker.close()
+        ready.set()  # the association loop checks dul.is_alive() when it wakes
 
 
 def _dul_loop(dul: DULServiceProvider, waker: _Waker) -> None:
@@ -219,13 +210,6 @@ def _abort(dul: DULServiceProvider) -> None:
     dul.assoc.is_established = False
     dul.assoc._kill = True
     dul._kill_thread = True
-
-
-def _assoc_runner(ready: threading.Event) -> Callable[[Association], None]:
-    def run(assoc: Association) -> None:
-        _assoc_loop(assoc, ready)
-
-    return run
 
 
 def _assoc_loop(assoc: Association, ready: threading.Event) -> None:
