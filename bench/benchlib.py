@@ -246,9 +246,9 @@ def sdk_envelope(index: int, deadline: datetime) -> tuple[str, bytes, dict[str, 
     from pynetdicom.events import Event
     from pynetdicom.presentation import PresentationContextTuple
 
-    from bridge import codec
-    from bridge.codec import AssociationInfo
-    from bridge.model import Service
+    from bridge.protocol import codec
+    from bridge.protocol.codec import AssociationInfo
+    from bridge.protocol.model import Service
 
     request = N_EVENT_REPORT()
     request.MessageID = index % 65536
@@ -293,7 +293,7 @@ def run_stock_scp(
     instance there (the docs' ``ds.save_as``); ``bridge_contexts`` supports what the
     bridge supports (251 SOP classes, every transfer syntax for storage) instead of the
     four the SCU proposes (for ``profile_bridge.py --case association-setup``)."""
-    from bridge import netopt
+    from bridge.scp import netopt
 
     def on_echo(event: evt.Event) -> int:
         return SUCCESS
@@ -316,8 +316,8 @@ def run_stock_scp(
     if bridge_contexts:
         from pydicom.uid import AllTransferSyntaxes
 
-        from bridge import sopclasses
-        from bridge.scp import UNCOMPRESSED
+        from bridge.protocol import sopclasses
+        from bridge.scp.server import UNCOMPRESSED
 
         for uid in sopclasses.resolve(sopclasses.DEFAULT_SELECTION):
             syntaxes = AllTransferSyntaxes if sopclasses.is_storage(uid) else UNCOMPRESSED
@@ -338,8 +338,8 @@ def run_stock_scp(
 def run_thin_consumer(exchange: str, queue: str, queue_type: str) -> None:
     """An SDK consumer answering Success to C-ECHO, C-STORE (without writing anything)
     and N-EVENT-REPORT."""
-    from bridge.consumer import Consumer, Request
-    from bridge.model import Service
+    from bridge.protocol.model import Service
+    from bridge.sdk.consumer import Consumer, Request
 
     app = Consumer(
         AMQP_URL,
@@ -683,8 +683,8 @@ def run_timing_consumer(exchange: str, queue: str, log_path: Path, queue_type: s
 
     from aio_pika.abc import AbstractIncomingMessage
 
-    from bridge.consumer import Consumer, Request
-    from bridge.model import Service
+    from bridge.protocol.model import Service
+    from bridge.sdk.consumer import Consumer, Request
 
     arrivals: dict[str, float] = {}
     lock = threading.Lock()

@@ -60,8 +60,8 @@ def run_native_scp(port: int, count: int) -> None:
 
 
 def run_consumer(exchange: str, count: int) -> None:
-    from bridge.consumer import Consumer, Request
-    from bridge.model import Service
+    from bridge.protocol.model import Service
+    from bridge.sdk.consumer import Consumer, Request
 
     app = Consumer(AMQP_URL, exchange, f"bench-{uuid.uuid4().hex[:8]}", exclusive=True)
 

@@ -448,10 +448,10 @@ def large_memory(megabytes: float, out_dir: Path) -> str:
     import asyncio
     import tracemalloc
 
-    from bridge import service
     from bridge.config import BridgeSettings
-    from bridge.consumer import Consumer, Request
-    from bridge.model import Service
+    from bridge.ops import service
+    from bridge.protocol.model import Service
+    from bridge.sdk.consumer import Consumer, Request
 
     exchange = f"bench-memory-{uuid.uuid4().hex[:8]}"
     snapshots: list[tracemalloc.Snapshot] = []

@@ -1,8 +1,8 @@
 """dicom-bridge: a DICOM SCP whose every DIMSE request is answered by RabbitMQ consumers."""
 
-from bridge.consumer import Consumer, Request, Response
 from bridge.errors import BridgeError, CodecError, ConfigError, ReplyError, TransportError
-from bridge.model import Category, Service
+from bridge.protocol.model import Category, Service
+from bridge.sdk.consumer import Consumer, Request, Response
 
 __all__ = [
     "BridgeError",

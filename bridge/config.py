@@ -15,10 +15,11 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bridge import sopclasses, tls
 from bridge.aetable import AETable
 from bridge.errors import ConfigError
-from bridge.guard import CallingPolicy
+from bridge.ops import tls
+from bridge.protocol import sopclasses
+from bridge.scp.guard import CallingPolicy
 from bridge.transport.amqp import redact
 
 S = TypeVar("S", bound="BrokerSettings")

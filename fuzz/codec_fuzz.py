@@ -22,9 +22,9 @@ with atheris.instrument_imports():
     import orjson
     from pydicom.filereader import read_dataset
 
-    from bridge import codec, dicomjson
     from bridge.errors import CodecError, ReplyError
-    from bridge.model import SPECS
+    from bridge.protocol import codec, dicomjson
+    from bridge.protocol.model import SPECS
 
 warnings.simplefilter("ignore")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bridge.model import SINGLE_REPLY_SERVICES, Service
+from bridge.protocol.model import SINGLE_REPLY_SERVICES, Service
 from tests.harness import (
     BridgeHarness,
     ConsumerHarness,

@@ -24,10 +24,10 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from bridge import service
 from bridge.config import BridgeSettings
-from bridge.consumer import Consumer, Handler, Request
-from bridge.model import Service
+from bridge.ops import service
+from bridge.protocol.model import Service
+from bridge.sdk.consumer import Consumer, Handler, Request
 
 T = TypeVar("T")
 

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
-from bridge import codec
 from bridge.config import BrokerSettings
-from bridge.model import SPECS, Service, routing_key
+from bridge.protocol import codec
+from bridge.protocol.model import SPECS, Service, routing_key
 from tests.schemas import SCHEMAS, validate_envelope, validate_reply
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
-from bridge import codec
 from bridge.errors import CodecError, ReplyError
-from bridge.model import SPECS, Category, Service
+from bridge.protocol import codec
+from bridge.protocol.model import SPECS, Category, Service
 from tests.schemas import REPLY
 
 # A service whose replies may carry every reply field but one: N-CREATE allows
@@ -156,7 +156,7 @@ def test_reply_dataset_that_does_not_decode_is_a_reply_error() -> None:
 def test_build_reply_round_trips_through_parse() -> None:
     ds = Dataset()
     ds.PatientName = "Doe^John"
-    from bridge.dicomjson import dataset_to_json
+    from bridge.protocol.dicomjson import dataset_to_json
 
     body = codec.build_reply(
         0, dataset=dataset_to_json(ds), elements={"error_comment": "ok", "error_id": None}

@@ -38,12 +38,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from bridge.aetable import AETable, Destination
-from bridge.bulkstore import DirectoryStore
-from bridge.client import CommandClient, CommandFailed, CommandResult
-from bridge.commander import Commander, CommanderSettings
-from bridge.consumer import Request, Response
-from bridge.dicomjson import dataset_to_json
-from bridge.model import Service
+from bridge.protocol.dicomjson import dataset_to_json
+from bridge.protocol.model import Service
+from bridge.scu.commander import Commander, CommanderSettings
+from bridge.sdk.client import CommandClient, CommandFailed, CommandResult
+from bridge.sdk.consumer import Request, Response
+from bridge.transport.bulkstore import DirectoryStore
 from tests.conftest import BridgeFactory, ConsumerFactory
 from tests.harness import AMQP_URL, LoopThread, association, free_port, make_dataset
 from tests.schemas import validator

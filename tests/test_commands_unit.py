@@ -11,11 +11,12 @@ from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
-from bridge import commands, scu
-from bridge.commander import CommanderSettings
-from bridge.commands import CommandError, Reason, parse_command
 from bridge.config import BridgeSettings
-from bridge.model import Service
+from bridge.protocol import command as commands
+from bridge.protocol.command import CommandError, Reason, parse_command
+from bridge.protocol.model import Service
+from bridge.scu import pool as scu
+from bridge.scu.commander import CommanderSettings
 from tests.schemas import validator
 
 COMMAND = validator("command.schema.json")

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import dimse, dimse_messages, dimse_primitives
 from pynetdicom.dsutils import encode as pydicom_encode
 
-from bridge import commandset
+from bridge._pynetdicom import commandset
 
 COMMAND_TAGS = sorted(tag for tag in datadict.DicomDictionary if tag >> 16 == 0)  # type: ignore[attr-defined]
 ASCII = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="\\"))

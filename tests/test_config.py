@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from bridge import sopclasses
 from bridge.config import BridgeSettings, ConsumerSettings, load
 from bridge.errors import ConfigError
+from bridge.protocol import sopclasses
 from bridge.transport.amqp import redact
 
 

@@ -16,8 +16,8 @@ import aiormq
 import orjson
 import pytest
 
-from bridge.consumer import Consumer, Request, _Acks, _Workers
-from bridge.model import ENVELOPE_VERSION, Service
+from bridge.protocol.model import ENVELOPE_VERSION, Service
+from bridge.sdk.consumer import Consumer, Request, _Acks, _Workers
 from tests.harness import AMQP_URL, delete_queue
 
 # -- _Acks against a channel that checks what RabbitMQ checks ------------------------------

@@ -10,8 +10,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from bridge.consumer import Response
-from bridge.dicomjson import dataset_to_json
+from bridge.protocol.dicomjson import dataset_to_json
+from bridge.sdk.consumer import Response
 from tests.conftest import ConsumerFactory
 from tests.harness import BridgeHarness, Recorder
 

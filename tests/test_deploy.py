@@ -47,7 +47,7 @@ import yaml
 from bridge.cli import cli
 from bridge.config import BridgeSettings, BrokerSettings, ConsumerSettings, load
 from bridge.errors import ConfigError
-from bridge.example_consumer import build
+from bridge.example.consumer import build
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -43,8 +43,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 
-from bridge.dicomjson import dataset_to_json, json_to_dataset
 from bridge.errors import CodecError
+from bridge.protocol.dicomjson import dataset_to_json, json_to_dataset
 
 Json = dict[str, Any]
 

@@ -17,8 +17,8 @@ import pytest
 from pydicom import examples
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from bridge.consumer import Request
-from bridge.model import Service
+from bridge.protocol.model import Service
+from bridge.sdk.consumer import Request
 from tests.conftest import BridgeFactory, ConsumerFactory
 from tests.harness import AMQP_URL, BridgeHarness, Recorder, TcpProxy, association
 

@@ -16,7 +16,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from bridge.config import ConsumerSettings
-from bridge.example_consumer import build
+from bridge.example.consumer import build
 from tests.conftest import BridgeFactory
 from tests.harness import AMQP_URL, BridgeHarness, LoopThread, free_port
 

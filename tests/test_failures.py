@@ -21,8 +21,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from bridge.consumer import Request, Response
-from bridge.model import Service
+from bridge.protocol.model import Service
+from bridge.sdk.consumer import Request, Response
 from tests.conftest import BridgeFactory, ConsumerFactory
 from tests.harness import (
     BridgeHarness,

@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from bridge.dicomjson import dataset_to_json
+from bridge.protocol.dicomjson import dataset_to_json
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 20

@@ -9,7 +9,7 @@ from pynetdicom import _handlers, dimse_primitives
 from pynetdicom.status import code_to_category
 
 from bridge.errors import Failure
-from bridge.model import SPECS, Category, Service, routing_key
+from bridge.protocol.model import SPECS, Category, Service, routing_key
 
 DOCS = {
     Service.C_ECHO: _handlers.doc_handle_echo,

@@ -24,9 +24,9 @@ from pydicom import examples
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from bridge import logging as bridge_logging
-from bridge.consumer import Request
-from bridge.model import Service
+from bridge.ops import logging as bridge_logging
+from bridge.protocol.model import Service
+from bridge.sdk.consumer import Request
 from tests.conftest import BridgeFactory, ConsumerFactory
 from tests.harness import (
     BridgeHarness,

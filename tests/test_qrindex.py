@@ -34,7 +34,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import sop_class
 
-from bridge.qrindex import Index, QueryError, QueryModel, query_model
+from bridge.example.qrindex import Index, QueryError, QueryModel, query_model
 
 # pydicom warns about rtplan.dcm's UIDs (a component with a leading zero) and about the
 # invalid key values that some tests send on purpose.

@@ -21,7 +21,7 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
-from bridge import reactor
+from bridge._pynetdicom import reactor
 from tests.conftest import BridgeFactory
 from tests.harness import BridgeHarness, Recorder, association
 from tests.test_security import _assoc_rq, _send_raw

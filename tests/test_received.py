@@ -51,13 +51,15 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from bridge import bulkstore, dicomjson, received
-from bridge.bulkstore import DirectoryStore, path_of
-from bridge.codec import AssociationInfo
-from bridge.consumer import Request
-from bridge.conversation import Conversation, Limits
 from bridge.errors import BridgeError
-from bridge.model import Service
+from bridge.protocol import dicomjson
+from bridge.protocol.codec import AssociationInfo
+from bridge.protocol.model import Service
+from bridge.scp import received
+from bridge.scp.conversation import Conversation, Limits
+from bridge.sdk.consumer import Request
+from bridge.transport import bulkstore
+from bridge.transport.bulkstore import DirectoryStore, path_of
 from tests.conftest import BridgeFactory, ConsumerFactory
 from tests.harness import RawResponder, association
 

@@ -20,8 +20,8 @@ import pytest
 from pydicom import examples
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from bridge.consumer import Consumer, Request
-from bridge.model import Service
+from bridge.protocol.model import Service
+from bridge.sdk.consumer import Consumer, Request
 from tests.conftest import BridgeFactory
 from tests.harness import AMQP_URL, BridgeHarness, LoopThread, TcpProxy, association, timed
 

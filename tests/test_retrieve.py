@@ -25,9 +25,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from bridge.consumer import Request, Response, Retrieval
-from bridge.dicomjson import dataset_to_json
-from bridge.model import Service
+from bridge.protocol.dicomjson import dataset_to_json
+from bridge.protocol.model import Service
+from bridge.sdk.consumer import Request, Response, Retrieval
 from tests.conftest import BridgeFactory, ConsumerFactory
 from tests.harness import BridgeHarness, RawResponder, association, free_port, timed
 from tests.schemas import validate_envelope

@@ -17,10 +17,10 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from bridge.config import BridgeSettings
 from bridge.errors import BrokerUnavailable, ReplyTimeout, Unroutable
-from bridge.scp import BridgeSCP
-from bridge.seam import Seam
+from bridge.scp.server import BridgeSCP
 from bridge.transport import Outbound
 from bridge.transport.memory import MemoryTransport
+from bridge.transport.seam import Seam
 from tests.harness import LoopThread, association, timed
 
 Responder = Callable[[Outbound], Sequence[bytes] | Awaitable[Sequence[bytes]]]

@@ -18,7 +18,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from bridge.errors import ConfigError
-from bridge.guard import CallingPolicy
+from bridge.scp.guard import CallingPolicy
 from tests.conftest import BridgeFactory
 from tests.harness import BridgeHarness, Recorder, association
 

@@ -28,9 +28,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from bridge.consumer import Response
-from bridge.dicomjson import dataset_to_json
-from bridge.model import Service
+from bridge.protocol.dicomjson import dataset_to_json
+from bridge.protocol.model import Service
+from bridge.sdk.consumer import Response
 from tests.conftest import ConsumerFactory
 from tests.harness import (
     BridgeHarness,
@@ -235,7 +235,7 @@ CASES = [
 
 
 def test_cases_cover_every_single_reply_service() -> None:
-    from bridge.model import SINGLE_REPLY_SERVICES
+    from bridge.protocol.model import SINGLE_REPLY_SERVICES
 
     assert {case.service for case in CASES} == set(SINGLE_REPLY_SERVICES)
 

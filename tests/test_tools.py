@@ -28,8 +28,8 @@ import yaml
 from pydicom import examples
 from pydicom.datadict import keyword_for_tag
 
-from bridge import tools
-from bridge.model import Service
+from bridge.cli import tools
+from bridge.protocol.model import Service
 from tests.harness import AMQP_URL, BridgeHarness, Recorder, association, free_port
 from tests.schemas import SCHEMAS
 

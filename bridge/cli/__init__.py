@@ -15,11 +15,11 @@ from typing import Any, NoReturn, TypeVar, get_args
 import click
 from pydantic.fields import FieldInfo
 
-from bridge import logging as bridge_logging
-from bridge import service
 from bridge.config import BridgeSettings, BrokerSettings, ConsumerSettings, load
 from bridge.errors import ConfigError, StartupError
-from bridge.example_consumer import build
+from bridge.example.consumer import build
+from bridge.ops import logging as bridge_logging
+from bridge.ops import service
 
 F = TypeVar("F", bound=Callable[..., Any])
 S = TypeVar("S", bound=BrokerSettings)
@@ -169,7 +169,7 @@ def main() -> None:
 
 
 # Operator tools (bridge/tools.py); imported here, after settings_options, which they use.
-from bridge.tools import commands as _tool_commands  # noqa: E402
+from bridge.cli.tools import commands as _tool_commands  # noqa: E402
 
 for _command in _tool_commands():
     cli.add_command(_command)

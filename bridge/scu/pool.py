@@ -32,9 +32,9 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, build_role, evt
 
-from bridge import sopclasses
-from bridge.commands import Command, CommandError, Reason
-from bridge.model import Service
+from bridge.protocol import sopclasses
+from bridge.protocol.command import Command, CommandError, Reason
+from bridge.protocol.model import Service
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association

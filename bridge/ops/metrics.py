@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from bridge.errors import Failure
-from bridge.model import Service
+from bridge.protocol.model import Service
 
 SIZE_BUCKETS = tuple(float(4**n) for n in range(4, 14))  # 256 B .. 64 MiB
 DURATION_BUCKETS = (

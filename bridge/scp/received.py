@@ -55,8 +55,8 @@ from pydicom.tag import SequenceDelimiterTag
 from pydicom.uid import UID
 from pynetdicom import _config, dimse_messages, dsutils
 
-from bridge.bulkstore import sweep_files
 from bridge.errors import CodecError
+from bridge.transport.bulkstore import sweep_files
 
 if TYPE_CHECKING:
     from pynetdicom import AE

@@ -19,9 +19,9 @@ import orjson
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
-from bridge import dicomjson, sopclasses
 from bridge.errors import CodecError, ReplyError
-from bridge.model import ENVELOPE_VERSION, Category, Service, ServiceSpec, routing_key
+from bridge.protocol import dicomjson, sopclasses
+from bridge.protocol.model import ENVELOPE_VERSION, Category, Service, ServiceSpec, routing_key
 from bridge.transport import HeaderValue
 
 if TYPE_CHECKING:

@@ -32,17 +32,19 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
-from bridge import codec, commandset, netopt, reactor, received, retrieve, sopclasses
-from bridge.bulkstore import DirectoryStore
-from bridge.codec import AssociationInfo
-from bridge.conversation import Conversation, Limits
+from bridge._pynetdicom import commandset, reactor
 from bridge.errors import BridgeError, BrokerUnavailable, Failure
-from bridge.events import EventPublisher, association_event
-from bridge.guard import CallingPolicy, RateLimiter, SocketGuard, guard_socket
-from bridge.metrics import Metrics
-from bridge.model import Service
-from bridge.seam import Seam
+from bridge.ops.metrics import Metrics
+from bridge.protocol import codec, sopclasses
+from bridge.protocol.codec import AssociationInfo
+from bridge.protocol.model import Service
+from bridge.scp import netopt, received, streams
+from bridge.scp.conversation import Conversation, Limits
+from bridge.scp.events import EventPublisher, association_event
+from bridge.scp.guard import CallingPolicy, RateLimiter, SocketGuard, guard_socket
 from bridge.transport import Transport
+from bridge.transport.bulkstore import DirectoryStore
+from bridge.transport.seam import Seam
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -352,12 +354,12 @@ class BridgeSCP:
     def _handler(self, service: Service) -> Callable[[Event], Any]:
         def handle(event: Event) -> Any:
             if service is Service.C_FIND:
-                return self._counted(retrieve.handle_find(event, self.conversation))
+                return self._counted(streams.handle_find(event, self.conversation))
             if service is Service.C_GET:
-                return self._counted(retrieve.handle_get(event, self.conversation, self._store))
+                return self._counted(streams.handle_get(event, self.conversation, self._store))
             if service is Service.C_MOVE:
                 return self._counted(
-                    retrieve.handle_move(event, self.conversation, self._store, self._ae_table)
+                    streams.handle_move(event, self.conversation, self._store, self._ae_table)
                 )
             with self._request():
                 return self.handle(event, service)

@@ -13,17 +13,17 @@ import logging
 import signal
 from dataclasses import dataclass
 
-from bridge.bulkstore import DirectoryStore
-from bridge.commander import Commander, CommanderSettings
 from bridge.config import BridgeSettings
 from bridge.errors import StartupError
-from bridge.events import EventPublisher
-from bridge.health import HealthServer
-from bridge.metrics import LiveState, Metrics
-from bridge.scp import BridgeSCP
-from bridge.seam import Seam
-from bridge.spool import DiskSpool
+from bridge.ops.health import HealthServer
+from bridge.ops.metrics import LiveState, Metrics
+from bridge.scp.events import EventPublisher
+from bridge.scp.server import BridgeSCP
+from bridge.scp.spool import DiskSpool
+from bridge.scu.commander import Commander, CommanderSettings
 from bridge.transport.amqp import AmqpTransport
+from bridge.transport.bulkstore import DirectoryStore
+from bridge.transport.seam import Seam
 
 log = logging.getLogger(__name__)
 

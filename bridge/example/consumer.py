@@ -19,9 +19,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from bridge.config import ConsumerSettings
-from bridge.consumer import Consumer, Request, Response
-from bridge.model import Service
-from bridge.qrindex import Index, QueryError, QueryModel, query_model
+from bridge.example.qrindex import Index, QueryError, QueryModel, query_model
+from bridge.protocol.model import Service
+from bridge.sdk.consumer import Consumer, Request, Response
 
 log = logging.getLogger("bridge.example")
 

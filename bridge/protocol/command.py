@@ -31,9 +31,9 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import sop_class as pynetdicom_sop_class
 from pynetdicom.status import code_to_category
 
-from bridge import dicomjson, sopclasses
 from bridge.errors import BridgeError, Failure
-from bridge.model import ENVELOPE_VERSION, Service, routing_word
+from bridge.protocol import dicomjson, sopclasses
+from bridge.protocol.model import ENVELOPE_VERSION, Service, routing_word
 
 JSONDict = dict[str, Any]
 

@@ -45,14 +45,23 @@ from pydantic import ConfigDict, Field
 from pydicom.dataset import Dataset
 from yarl import URL
 
-from bridge import commands, scu
 from bridge.aetable import AETable
-from bridge.bulkstore import BulkStore
-from bridge.commands import Command, CommandError, Reason
 from bridge.config import CommandOptions
 from bridge.errors import BridgeError, BrokerUnavailable, describe_error
-from bridge.model import Service
-from bridge.seam import Seam
+from bridge.protocol.command import (
+    Command,
+    CommandError,
+    Reason,
+    decode_datasets,
+    encode_response_dataset,
+    error_body,
+    parse_command,
+    reply_body,
+)
+from bridge.protocol.model import Service
+from bridge.scu.pool import AssociationPool, Peer, perform
+from bridge.transport.bulkstore import BulkStore
+from bridge.transport.seam import Seam
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +125,7 @@ class Commander:
         self.ae_table = ae_table or AETable()
         self.store = store
         self.stats = CommanderStats()
-        self.pool = scu.AssociationPool(
+        self.pool = AssociationPool(
             settings.ae_title,
             per_destination_limit=settings.command_pool_size,
             idle_timeout=settings.command_idle_timeout,
@@ -130,7 +139,7 @@ class Commander:
         self._executor = ThreadPoolExecutor(
             settings.command_concurrency, thread_name_prefix="commander"
         )
-        self._slots: dict[scu.Peer, asyncio.Semaphore] = {}
+        self._slots: dict[Peer, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._connection: AbstractRobustConnection | None = None
         self._reply_channel: AbstractChannel | None = None
@@ -297,7 +306,7 @@ class Commander:
         command: Command | None = None
         try:
             command = await loop.run_in_executor(
-                self._executor, lambda: commands.parse_command(message.body, default_id=default_id)
+                self._executor, lambda: parse_command(message.body, default_id=default_id)
             )
             peer = self._resolve(command)
             self._check_deadline(command)
@@ -334,7 +343,7 @@ class Commander:
             extra=_ids(message),
         )  # fmt: skip
 
-    def _resolve(self, command: Command) -> scu.Peer:
+    def _resolve(self, command: Command) -> Peer:
         destination = command.destination
         host, port = destination.host, destination.port
         if host is None or port is None:
@@ -346,16 +355,14 @@ class Commander:
                     "no host and port",
                 )
             host, port = entry.host, entry.port
-        return scu.Peer(
-            host, port, destination.ae_title, command.calling_ae or self.settings.ae_title
-        )
+        return Peer(host, port, destination.ae_title, command.calling_ae or self.settings.ae_title)
 
     @staticmethod
     def _check_deadline(command: Command) -> None:
         if command.expired(datetime.now(UTC)):
             raise CommandError(Reason.EXPIRED, "deadline passed before the command was sent")
 
-    def _slot(self, peer: scu.Peer) -> asyncio.Semaphore:
+    def _slot(self, peer: Peer) -> asyncio.Semaphore:
         slot = self._slots.get(peer)
         if slot is None:
             slot = self._slots[peer] = asyncio.Semaphore(self.settings.command_pool_size)
@@ -381,7 +388,7 @@ class Commander:
     # -- in a worker thread ---------------------------------------------------------------
 
     def _perform(
-        self, command: Command, peer: scu.Peer, message: AbstractIncomingMessage
+        self, command: Command, peer: Peer, message: AbstractIncomingMessage
     ) -> CommandError | None:
         """Decode, send, reply; returns the error the final reply carried, if any."""
         started = time.monotonic()
@@ -405,8 +412,8 @@ class Commander:
 
         outcome: CommandError | None = None
         try:
-            datasets = commands.decode_datasets(command, fetch)
-            scu.perform(self.pool, command, peer, datasets, emit, give_up_at=_give_up_at(command))
+            datasets = decode_datasets(command, fetch)
+            perform(self.pool, command, peer, datasets, emit, give_up_at=_give_up_at(command))
         except CommandError as exc:
             outcome = exc
         except BridgeError as exc:  # the broker failed while streaming: no reply possible
@@ -417,7 +424,7 @@ class Commander:
             log.exception("%s failed: internal error", command.service.dimse_name)
             outcome = CommandError(Reason.INTERNAL, "bridge internal error", permanent=True)
         if outcome is not None and not final_sent:
-            body = commands.reply_body(command.id, command.service, error=outcome)
+            body = reply_body(command.id, command.service, error=outcome)
             with contextlib.suppress(BridgeError):
                 self._publish_from_thread(message, body)
         if self.store is not None and not (outcome is not None and outcome.permanent):
@@ -430,21 +437,15 @@ class Commander:
         self, command: Command, status: Dataset, dataset: Dataset | None, final: bool
     ) -> bytes:
         try:
-            document = commands.encode_response_dataset(dataset, self._sink)
+            document = encode_response_dataset(dataset, self._sink)
         except CommandError as exc:
-            return commands.reply_body(
-                command.id, command.service, final=final, status=status, error=exc
-            )
-        body = commands.reply_body(
-            command.id, command.service, final=final, status=status, dataset=document
-        )
+            return reply_body(command.id, command.service, final=final, status=status, error=exc)
+        body = reply_body(command.id, command.service, final=final, status=status, dataset=document)
         if len(body) > self.settings.max_message_size:
             error = CommandError(
                 Reason.BAD_DATASET, "response dataset larger than max_message_size", permanent=False
             )
-            return commands.reply_body(
-                command.id, command.service, final=final, status=status, error=error
-            )
+            return reply_body(command.id, command.service, final=final, status=status, error=error)
         return body
 
     def _sink(self, tag: int, vr: str, value: bytes) -> str | None:
@@ -459,7 +460,7 @@ class Commander:
     def _log(
         self,
         command: Command,
-        peer: scu.Peer,
+        peer: Peer,
         started: float,
         status: int | None,
         outcome: CommandError | None,
@@ -523,7 +524,7 @@ def _error_reply(
 ) -> bytes:
     command_id = command.id if command else (message.correlation_id or message.message_id or "")
     service: Service | None = command.service if command else None
-    return commands.error_body(command_id or "-", service, error)
+    return error_body(command_id or "-", service, error)
 
 
 def _ids(message: AbstractIncomingMessage) -> dict[str, str]:

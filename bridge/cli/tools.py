@@ -3,7 +3,7 @@
 
 The commands are built by :func:`commands`, which :mod:`bridge.cli` calls when it is
 imported: they take their options from :func:`bridge.cli.settings_options`, and building
-them lazily keeps ``import bridge.tools`` free of an import cycle.
+them lazily keeps ``import bridge.cli.tools`` free of an import cycle.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ from pydicom.uid import UID
 from pynetdicom import sop_class as pynetdicom_sop_class
 from pynetdicom.sop_class import uid_to_service_class
 
-from bridge import sopclasses
 from bridge.config import BridgeSettings, BrokerSettings, load
 from bridge.errors import ConfigError
-from bridge.model import Service, routing_key
+from bridge.protocol import sopclasses
+from bridge.protocol.model import Service, routing_key
 
 # -- schema --------------------------------------------------------------------------------
 
@@ -61,7 +61,7 @@ SCHEMAS: dict[str, tuple[str, str]] = {
 def schema_dir(package_dir: Path | None = None) -> Path:
     """Where the schemas are: ``bridge/_schemas`` in an installed wheel (pyproject
     force-includes ``schemas`` there), ``schemas/`` beside the package in a checkout."""
-    package = package_dir or Path(__file__).resolve().parent
+    package = package_dir or Path(__file__).resolve().parents[1]
     for candidate in (package / "_schemas", package.parent / "schemas"):
         if (candidate / SCHEMAS["envelope"][0]).is_file():
             return candidate

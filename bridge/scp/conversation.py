@@ -21,16 +21,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bridge import codec, received, tracing
-from bridge.bulkstore import BulkStore
-from bridge.codec import AssociationInfo, Reply
 from bridge.errors import BrokerUnavailable, CodecError, Failure, ReplyError, ReplyTimeout
-from bridge.events import EventPublisher
-from bridge.logging import request_context
-from bridge.metrics import Metrics
-from bridge.model import Service, routing_key
-from bridge.seam import Seam
+from bridge.ops import tracing
+from bridge.ops.logging import request_context
+from bridge.ops.metrics import Metrics
+from bridge.protocol import codec
+from bridge.protocol.codec import AssociationInfo, Reply
+from bridge.protocol.model import Service, routing_key
+from bridge.scp import received
+from bridge.scp.events import EventPublisher
 from bridge.transport import Call, Outbound, Transport, request_reply
+from bridge.transport.bulkstore import BulkStore
+from bridge.transport.seam import Seam
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -22,11 +22,11 @@ from typing import Any
 
 import orjson
 
-from bridge.codec import AssociationInfo, iso_time
 from bridge.errors import BrokerUnavailable, Unroutable
-from bridge.metrics import Metrics
-from bridge.model import ENVELOPE_VERSION, routing_word
-from bridge.spool import DiskSpool, SpoolFull
+from bridge.ops.metrics import Metrics
+from bridge.protocol.codec import AssociationInfo, iso_time
+from bridge.protocol.model import ENVELOPE_VERSION, routing_word
+from bridge.scp.spool import DiskSpool, SpoolFull
 from bridge.transport import Outbound, Transport
 
 log = logging.getLogger(__name__)

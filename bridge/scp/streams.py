@@ -22,13 +22,13 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import StoragePresentationContexts, build_context
 from pynetdicom.presentation import PresentationContext
 
-from bridge import codec, dicomjson
 from bridge.aetable import AETable
-from bridge.bulkstore import BulkStore
-from bridge.codec import Reply
-from bridge.conversation import Conversation
 from bridge.errors import BridgeError, CodecError, Failure, ReplyError
-from bridge.model import Category, Service
+from bridge.protocol import codec, dicomjson
+from bridge.protocol.codec import Reply
+from bridge.protocol.model import Category, Service
+from bridge.scp.conversation import Conversation
+from bridge.transport.bulkstore import BulkStore
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event

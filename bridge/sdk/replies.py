@@ -20,8 +20,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from bridge import codec, dicomjson
-from bridge.model import Service
+from bridge.protocol import codec, dicomjson
+from bridge.protocol.model import Service
 
 PENDING = 0xFF00
 BulkSink = dicomjson.BulkDataSink
