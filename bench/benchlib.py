@@ -238,7 +238,7 @@ def commitment_info(n: int = 1) -> Dataset:
 
 
 def sdk_envelope(index: int, deadline: datetime) -> tuple[str, bytes, dict[str, Any]]:
-    """(id, body, AMQP headers) of an N-EVENT-REPORT envelope built by ``bridge.codec``
+    """(id, body, AMQP headers) of an N-EVENT-REPORT envelope built by ``bridge.protocol.codec``
     exactly as the bridge builds it, from a synthetic pynetdicom event."""
     from pydicom.uid import UID as _UID
     from pynetdicom.dimse_primitives import N_EVENT_REPORT
@@ -854,7 +854,7 @@ async def _sdk_throughput(
 def sdk_throughput(
     count: int, queue_type: str, run_py: Path, during: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
-    """Queue ``count`` N-EVENT-REPORT envelopes built by ``bridge.codec``, then start one
+    """Queue ``count`` N-EVENT-REPORT envelopes built by ``bridge.protocol.codec``, then start one
     SDK consumer process (``run.py --role consumer``) on that queue and count its replies
     per second, from the first reply to the last. ``during(pid)`` runs in a thread from
     the first reply on (a profiler)."""

@@ -6,14 +6,14 @@
 
 Starts, on 127.0.0.1 and each in a process of its own: (a) a stock pynetdicom SCP whose
 handlers answer in-process, (b) the same SCP with the bridge's socket tuning
-(``bridge.netopt``), and (c) the bridge (``dicom-bridge serve``) with an SDK consumer in
+(``bridge.scp.netopt``), and (c) the bridge (``dicom-bridge serve``) with an SDK consumer in
 another process answering Success without writing anything (the small C-STOREs are not
 written by (a) and (b) either). This process drives each with the same peers (a
 pynetdicom SCU, DCMTK's storescu), rotating the order of the servers from run to run so
 that machine drift cancels, and reads CPU time and peak RSS of every server process from
 /proc. The large-instance case has its own three servers, which write what they receive
 to disk (the bridge through the example consumer and the claim-check directory). Last,
-the consumer SDK alone: envelopes built by ``bridge.codec`` are queued, an SDK consumer
+the consumer SDK alone: envelopes built by ``bridge.protocol.codec`` are queued, an SDK consumer
 answers them, replies are counted. Writes ``bench/results/<timestamp>.json`` and a chart of
 the bridge's ratios next to it (``--chart docs/performance.png`` also writes it there),
 and prints the tables of ``docs/performance.md``. Needs RabbitMQ on 127.0.0.1:5672, DCMTK

@@ -7,20 +7,30 @@ message naming the setting, before anything listens or connects.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import ssl
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bridge.aetable import AETable
 from bridge.errors import ConfigError
 from bridge.ops import tls
 from bridge.protocol import sopclasses
-from bridge.scp.guard import CallingPolicy
-from bridge.transport.amqp import redact
+from bridge.transport.urls import redact
 
 S = TypeVar("S", bound="BrokerSettings")
 
@@ -39,6 +49,112 @@ def _split(value: Any) -> Any:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
     return value
+
+
+# -- the AE table ------------------------------------------------------------------------
+# The AE table: where a C-MOVE destination AE title lives (title -> host, port).
+#
+# Read once at start-up from JSON or YAML, given with ``--ae-table FILE``:
+#
+#     {"WORKSTATION1": {"host": "10.0.0.7", "port": 11112},
+#      "ARCHIVE":      {"host": "archive.example", "port": 104}}
+
+
+class Destination(BaseModel):
+    """A peer the bridge can open an association to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+
+class AETable:
+    """AE titles (stripped of padding) to destinations."""
+
+    def __init__(self, entries: Mapping[str, Destination] | None = None) -> None:
+        self._entries = {title.strip(): dest for title, dest in (entries or {}).items()}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, ae_title: str) -> Destination | None:
+        return self._entries.get(ae_title.strip())
+
+    @classmethod
+    def load(cls, path: Path) -> AETable:
+        """Read ``path`` (``.json``, or YAML otherwise). Raises ConfigError naming the
+        problem: missing file, bad syntax, an entry without host or port."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"AE table {path}: {exc.strerror or exc}") from None
+        try:
+            document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"AE table {path}: not valid JSON/YAML ({exc})") from None
+        if not isinstance(document, dict):
+            raise ConfigError(f"AE table {path}: expected a mapping of AE title to host/port")
+        entries: dict[str, Destination] = {}
+        for title, value in document.items():
+            if not isinstance(title, str) or not 0 < len(title.strip()) <= 16:
+                raise ConfigError(f"AE table {path}: {title!r} is not an AE title")
+            try:
+                entries[title] = Destination.model_validate(value)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'entry'} {e['msg']}" for e in exc.errors()
+                )
+                raise ConfigError(f"AE table {path}: {title}: {problems}") from None
+        return cls(entries)
+
+
+# -- calling AE titles allowed -----------------------------------------------------------
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class CallingPolicy:
+    """Calling AE titles allowed; ``None`` networks means from any address."""
+
+    entries: dict[str, tuple[Network, ...] | None] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, items: Iterable[str]) -> CallingPolicy:
+        """Entries ``TITLE`` or ``TITLE@network|network`` (an address or CIDR block).
+        Raises ConfigError naming the bad entry."""
+        entries: dict[str, tuple[Network, ...] | None] = {}
+        for raw in items:
+            title, _, nets = raw.strip().partition("@")
+            title = title.strip()
+            if not title or len(title) > 16 or "\\" in title:
+                raise ConfigError(f"allowed calling AE {raw!r}: not an AE title")
+            if not nets:
+                entries[title] = None  # from any address
+                continue
+            try:
+                networks = [ipaddress.ip_network(n.strip(), strict=False) for n in nets.split("|")]
+            except ValueError:
+                raise ConfigError(f"allowed calling AE {raw!r}: bad address or network") from None
+            if title in entries and entries[title] is None:
+                continue  # already allowed from anywhere
+            entries[title] = (*(entries.get(title) or ()), *networks)
+        return cls(entries)
+
+    def allows(self, title: str, address: str | None) -> bool:
+        if not self.entries:
+            return True
+        if title not in self.entries:
+            return False
+        networks = self.entries[title]
+        if networks is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
 
 
 class BrokerSettings(BaseSettings):
@@ -246,7 +362,7 @@ class BridgeSettings(BrokerSettings, CommandOptions):
     event_reactors: bool = Field(
         True,
         description="Run each DICOM association's pynetdicom threads event-driven "
-        "instead of polling every 1 ms (bridge.reactor): less CPU per open association "
+        "instead of polling every 1 ms (bridge._pynetdicom.reactor): less CPU per open association "
         "and no timer ticks in the request path.",
     )
     max_request_rate: float = Field(

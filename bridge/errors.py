@@ -1,7 +1,7 @@
 """Errors of the bridge.
 
 Every error that can end a DIMSE request carries a :class:`Failure` kind. The kind, not the
-exception class, decides the DIMSE status the peer receives: :mod:`bridge.model` maps
+exception class, decides the DIMSE status the peer receives: :mod:`bridge.protocol.model` maps
 ``(service, kind)`` to a status code, so one error means the right thing for C-STORE (0xA700,
 0xC000, ...) and for the DIMSE-N services (0x0110, 0x0213, ...) alike.
 """

@@ -37,7 +37,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from bridge.aetable import AETable, Destination
+from bridge.config import AETable, Destination
 from bridge.protocol.dicomjson import dataset_to_json
 from bridge.protocol.model import Service
 from bridge.scu.commander import Commander, CommanderSettings

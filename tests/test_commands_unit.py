@@ -17,6 +17,7 @@ from bridge.protocol.command import CommandError, Reason, parse_command
 from bridge.protocol.model import Service
 from bridge.scu import pool as scu
 from bridge.scu.commander import CommanderSettings
+from bridge.scu.perform import needs_for
 from tests.schemas import validator
 
 COMMAND = validator("command.schema.json")
@@ -184,7 +185,7 @@ def test_store_dataset_gets_its_transfer_syntax_and_must_name_itself() -> None:
         ds = decoded["dataset"]
         assert ds is not None
         assert ds.file_meta.TransferSyntaxUID == expected
-        needs = scu.needs_for(command, decoded)
+        needs = needs_for(command, decoded)
         assert needs[0].abstract_syntax == SC
         assert needs[0].transfer_syntaxes[0] == expected
     other = parse_command(

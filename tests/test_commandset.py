@@ -1,4 +1,4 @@
-"""bridge.commandset: command sets byte-identical to pydicom's encoding, or a fallback."""
+"""bridge._pynetdicom.commandset: command sets byte-identical to pydicom's, or a fallback."""
 
 from __future__ import annotations
 

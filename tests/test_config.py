@@ -5,7 +5,7 @@ import pytest
 from bridge.config import BridgeSettings, ConsumerSettings, load
 from bridge.errors import ConfigError
 from bridge.protocol import sopclasses
-from bridge.transport.amqp import redact
+from bridge.transport.urls import redact
 
 
 def test_defaults_work_on_the_local_machine(monkeypatch: pytest.MonkeyPatch) -> None:

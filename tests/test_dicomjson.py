@@ -1,4 +1,4 @@
-"""Tests of bridge.dicomjson: DICOM JSON Model (PS3.18 Annex F) <-> pydicom Dataset.
+"""Tests of bridge.protocol.dicomjson: DICOM JSON Model (PS3.18 Annex F) <-> pydicom Dataset.
 
 Four kinds of evidence:
 

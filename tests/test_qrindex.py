@@ -1,4 +1,4 @@
-"""Tests of bridge.qrindex: the example consumer's Query/Retrieve index (PS3.4 Annex C).
+"""Tests of bridge.example.qrindex: the example consumer's Query/Retrieve index (PS3.4 Annex C).
 
 The index under test holds pydicom's own test files plus made-up instances whose
 hierarchy and values are chosen to tell each matching rule apart:

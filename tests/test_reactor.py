@@ -1,4 +1,4 @@
-"""bridge.reactor: pynetdicom's association loops, event-driven. Same behaviour as the
+"""bridge._pynetdicom.reactor: pynetdicom's association loops, event-driven. Same behaviour as the
 polling loops (requests, release, abort, network timeout), none of their idle cost, and a
 guard that fails when a pynetdicom upgrade changes the loops the module copies."""
 
@@ -26,7 +26,7 @@ from tests.conftest import BridgeFactory
 from tests.harness import BridgeHarness, Recorder, association
 from tests.test_security import _assoc_rq, _send_raw
 
-# sha256 of pynetdicom 3.0.4's loop sources that bridge.reactor reproduces.
+# sha256 of pynetdicom 3.0.4's loop sources that bridge._pynetdicom.reactor reproduces.
 COPIED: dict[str, tuple[Callable[..., Any], str]] = {
     "DULServiceProvider.run_reactor": (
         DULServiceProvider.run_reactor,

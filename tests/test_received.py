@@ -557,7 +557,7 @@ def test_receiving_a_large_data_set_holds_at_most_the_spool_limit(tmp_path: Path
 
 def _pynetdicom_file() -> Path:
     """A file made as pynetdicom makes one for a data set it receives (looked up at call
-    time: bridge.received replaces the factory)."""
+    time: bridge.scp.received replaces the factory)."""
     factory: Any = vars(dimse_messages)["NamedTemporaryFile"]
     handle = factory(delete=False, mode="wb", suffix=".dcm")
     handle.close()

@@ -17,8 +17,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
+from bridge.config import CallingPolicy
 from bridge.errors import ConfigError
-from bridge.scp.guard import CallingPolicy
 from tests.conftest import BridgeFactory
 from tests.harness import BridgeHarness, Recorder, association
 

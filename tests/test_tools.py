@@ -28,8 +28,9 @@ import yaml
 from pydicom import examples
 from pydicom.datadict import keyword_for_tag
 
-from bridge.cli import tools
-from bridge.protocol.model import Service
+from bridge.cli import schema, tail
+from bridge.protocol.model import Service, topic_matches
+from bridge.protocol.sopclasses import accepted_services, services_of
 from tests.harness import AMQP_URL, BridgeHarness, Recorder, association, free_port
 from tests.schemas import SCHEMAS
 
@@ -131,7 +132,7 @@ def rows(output: str) -> dict[str, str]:
 def test_schema_lists_names_and_prints_each() -> None:
     listing = run("schema")
     assert listing.returncode == 0, listing.stderr
-    for name, (filename, _) in tools.SCHEMAS.items():
+    for name, (filename, _) in schema.SCHEMAS.items():
         assert name in listing.stdout
         assert filename in listing.stdout
         printed = run("schema", name)
@@ -152,16 +153,16 @@ def test_schema_dir_finds_installed_and_checkout_layouts(tmp_path: Path) -> None
     (wheel / "_schemas").mkdir(parents=True)
     (wheel / "_schemas" / "envelope.schema.json").write_text("{}")
     (wheel.parent / "schemas").mkdir()  # someone else's top-level "schemas": not ours
-    assert tools.schema_dir(wheel) == wheel / "_schemas"
+    assert schema.schema_dir(wheel) == wheel / "_schemas"
     # A source checkout: schemas/ beside the package.
     checkout = tmp_path / "checkout" / "bridge"
     checkout.mkdir(parents=True)
     (checkout.parent / "schemas").mkdir()
     (checkout.parent / "schemas" / "envelope.schema.json").write_text("{}")
-    assert tools.schema_dir(checkout) == checkout.parent / "schemas"
+    assert schema.schema_dir(checkout) == checkout.parent / "schemas"
     with pytest.raises(FileNotFoundError):
-        tools.schema_dir(tmp_path / "nowhere" / "bridge")
-    assert tools.schema_dir() == SCHEMAS
+        schema.schema_dir(tmp_path / "nowhere" / "bridge")
+    assert schema.schema_dir() == SCHEMAS
 
 
 @pytest.mark.parametrize("command", ["schema", "check", "tail"])
@@ -408,9 +409,9 @@ def test_tail_shows_envelopes_with_phi_masked_unless_asked(
         masked_code, masked_out, masked_err = masked.finish()
         shown_code, shown_out, shown_err = shown.finish()
     finally:
-        for tail in (masked, shown):
-            if tail.proc.poll() is None:
-                tail.proc.kill()
+        for process in (masked, shown):
+            if process.proc.poll() is None:
+                process.proc.kill()
     assert masked_code == 0, masked_err
     assert shown_code == 0, shown_err
     assert "stopped after 2 messages" in masked_err
@@ -436,11 +437,11 @@ def test_tail_shows_envelopes_with_phi_masked_unless_asked(
 
 
 def test_tail_stops_cleanly_on_ctrl_c(exchange: str) -> None:
-    tail = Tail("--exchange", exchange, "c-store.#")
-    tail.wait_ready()
-    assert "'c-store.#' and 'cancel.c-store.#'" in "".join(tail.stderr)
-    tail.proc.send_signal(signal.SIGINT)
-    code, _, err = tail.finish(timeout=10)
+    process = Tail("--exchange", exchange, "c-store.#")
+    process.wait_ready()
+    assert "'c-store.#' and 'cancel.c-store.#'" in "".join(process.stderr)
+    process.proc.send_signal(signal.SIGINT)
+    code, _, err = process.finish(timeout=10)
     assert code == 0, err
     assert "stopped after 0 messages" in err
     assert "Traceback" not in err
@@ -473,19 +474,19 @@ def test_tail_with_the_broker_unreachable_says_so_in_one_line() -> None:
     ],
 )
 def test_topic_matching(pattern: str, key: str, expected: bool) -> None:
-    assert tools.topic_matches(pattern, key) is expected
+    assert topic_matches(pattern, key) is expected
 
 
 def test_tail_binds_cancel_notices_of_what_it_shows() -> None:
-    assert tools.tail_bindings("#") == ["#"]
-    assert tools.tail_bindings("c-find.#") == ["c-find.#", "cancel.c-find.#"]
-    assert tools.tail_bindings("cancel.#") == ["cancel.#"]
+    assert tail.tail_bindings("#") == ["#"]
+    assert tail.tail_bindings("c-find.#") == ["c-find.#", "cancel.c-find.#"]
+    assert tail.tail_bindings("cancel.#") == ["cancel.#"]
 
 
 def test_accepted_services_follow_the_sop_classes() -> None:
     uids = ["1.2.840.10008.1.1", CT_IMAGE_STORAGE, STORAGE_COMMITMENT]
     uids += ["1.2.840.10008.5.1.4.1.2.2.2", "1.2.840.10008.5.1.4.31"]  # study MOVE, MWL FIND
-    assert tools.accepted_services(uids) == {
+    assert accepted_services(uids) == {
         Service.C_ECHO: ["1.2.840.10008.1.1"],
         Service.C_STORE: [CT_IMAGE_STORAGE],
         Service.C_FIND: ["1.2.840.10008.5.1.4.31"],
@@ -493,11 +494,11 @@ def test_accepted_services_follow_the_sop_classes() -> None:
         Service.N_EVENT_REPORT: [STORAGE_COMMITMENT],
         Service.N_ACTION: [STORAGE_COMMITMENT],
     }
-    assert tools.services_of("1.2.3.4.5") == ()  # not a SOP class pynetdicom knows
+    assert services_of("1.2.3.4.5") == ()  # not a SOP class pynetdicom knows
 
 
 def test_phi_tags_are_named_as_in_the_dictionary() -> None:
-    for tag, keyword in tools.PHI_TAGS.items():
+    for tag, keyword in tail.PHI_TAGS.items():
         assert keyword_for_tag(int(tag, 16)) == keyword, tag
 
 
@@ -518,7 +519,7 @@ def test_mask_reaches_into_sequences_and_keeps_the_rest() -> None:
             "7FE00010": {"vr": "OW", "InlineBinary": "A" * 100},
         },
     }
-    masked = tools.mask(document)
+    masked = tail.mask(document)
     identifier = masked["identifier"]
     assert identifier["00080052"] == {"vr": "CS", "Value": ["STUDY"]}
     assert identifier["00100010"] == {"vr": "PN", "Value": ["***"]}
@@ -528,7 +529,7 @@ def test_mask_reaches_into_sequences_and_keeps_the_rest() -> None:
     assert identifier["00101002"] == {"vr": "SQ", "Value": ["***"]}
     assert identifier["00400275"]["Value"][0]["00321032"]["Value"] == ["***"]
     assert identifier["7FE00010"]["InlineBinary"].startswith("<100 base64 characters")
-    assert tools.mask(document, show_phi=True, binary=True) == document
+    assert tail.mask(document, show_phi=True, binary=True) == document
     assert "Doe^Jane" in json.dumps(document)  # the original is untouched
 
 
@@ -547,12 +548,12 @@ def test_render_cancel_notices_and_garbage() -> None:
         correlation_id="abc",
         timestamp=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
     )
-    text = tools.render(cancel, compact=True, show_phi=False, binary=False)
+    text = tail.render(cancel, compact=True, show_phi=False, binary=False)
     first, second = text.splitlines()
     assert first.startswith("2026-01-02T03:04:05.000000Z  cancel c-find  cancel.c-find.1_2.AE")
     assert "correlation-id abc" in first
     assert json.loads(second)["type"] == "cancel"
-    garbage = tools.render(Delivered(b"\x00\x01", "k"), compact=False, show_phi=False, binary=False)
+    garbage = tail.render(Delivered(b"\x00\x01", "k"), compact=False, show_phi=False, binary=False)
     assert garbage == "k  (2 bytes, not a JSON object)"
 
 

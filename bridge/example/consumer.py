@@ -1,7 +1,7 @@
 """The example consumer: a tiny PACS behind the bridge.
 
 Started with ``dicom-bridge example-consumer``. It logs one line per request, keeps what
-it receives by C-STORE in ``--data-dir`` with an in-memory index (:mod:`bridge.qrindex`),
+it receives by C-STORE in ``--data-dir`` with an in-memory index (:mod:`bridge.example.qrindex`),
 answers C-FIND from that index and C-GET/C-MOVE with the stored files, and answers every
 other service with Success. An N-CREATE without an Affected SOP Instance UID gets a fresh
 one, as PS3.7 10.1.5.1.4 requires of the SCP. The README's quick start uses it for

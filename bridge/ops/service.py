@@ -2,7 +2,7 @@
 SIGTERM drain and stop in reverse order.
 
 The asyncio loop runs in the calling thread; pynetdicom's server and association threads
-enter it only through :class:`~bridge.seam.Seam`.
+enter it only through :class:`~bridge.transport.seam.Seam`.
 """
 
 from __future__ import annotations

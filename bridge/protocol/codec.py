@@ -2,7 +2,7 @@
 
 Pure: no I/O but through the bulk data sink and data set file callers pass, no clock
 (callers pass times in). Runs in pynetdicom's handler threads on the way out and in the
-consumer SDK on the way in. Datasets use the DICOM JSON Model (:mod:`bridge.dicomjson`);
+consumer SDK on the way in. Datasets use the DICOM JSON Model (:mod:`bridge.protocol.dicomjson`);
 the documents are described by ``schemas/envelope.schema.json`` and
 ``schemas/reply.schema.json``.
 """
@@ -62,7 +62,7 @@ _UID_TEXT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 class DatasetFile(dicomjson.DeferredValues, Protocol):
     """A C-STORE data set that pynetdicom received into a file
-    (:class:`bridge.received.ReceivedDataSet`)."""
+    (:class:`bridge.scp.received.ReceivedDataSet`)."""
 
     def load(self) -> Dataset | None:
         """The data set, its large values left in the file; None when it is empty."""

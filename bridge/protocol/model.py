@@ -9,7 +9,7 @@ PS3.7 are marked.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -320,3 +320,23 @@ def routing_key(service: Service, sop_class_uid: str, calling_ae: str) -> str:
     uid_word = sop_class_uid.strip().replace(".", "_") or "-"
     ae_word = routing_word(calling_ae.strip()) or "-"
     return f"{service.value}.{routing_word(uid_word)}.{ae_word}"
+
+
+def topic_matches(pattern: str, key: str) -> bool:
+    """RabbitMQ topic matching: ``*`` is one word, ``#`` zero or more."""
+    return topic_words_match(pattern.split("."), key.split("."))
+
+
+def topic_words_match(pattern: Sequence[str], words: Sequence[str | None]) -> bool:
+    """``None`` in ``words`` stands for any word (matches literals and ``*``)."""
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(topic_words_match(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    word = words[0]
+    if head == "*" or word is None or head == word:
+        return topic_words_match(rest, words[1:])
+    return False

@@ -34,6 +34,7 @@ from pynetdicom.service_class_n import UnifiedProcedureStepServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from bridge.errors import ConfigError
+from bridge.protocol.model import Service
 
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -168,3 +169,62 @@ def query_model(uid: str) -> str | None:
     if name.startswith("UnifiedProcedureStep"):
         return "unified-procedure-step"
     return _WORD.sub("-", _MODEL_SUFFIX.sub("", name)).lower() or None
+
+
+# Services of the DIMSE-N service classes pynetdicom implements (its SCP() methods).
+_ALL_N = tuple(service for service in Service if service.value.startswith("n-"))
+_N_SERVICES: dict[str, tuple[Service, ...]] = {
+    "ApplicationEventLoggingServiceClass": (Service.N_ACTION,),
+    "DisplaySystemManagementServiceClass": (Service.N_GET,),
+    "InstanceAvailabilityNotificationServiceClass": (Service.N_CREATE,),
+    "MediaCreationManagementServiceClass": (Service.N_CREATE, Service.N_GET, Service.N_ACTION),
+    "PrintManagementServiceClass": _ALL_N,
+    "ProcedureStepServiceClass": (
+        Service.N_CREATE,
+        Service.N_SET,
+        Service.N_GET,
+        Service.N_EVENT_REPORT,
+    ),
+    "RTMachineVerificationServiceClass": _ALL_N,
+    "StorageCommitmentServiceClass": (Service.N_EVENT_REPORT, Service.N_ACTION),
+    "StorageManagementServiceClass": (Service.N_EVENT_REPORT, Service.N_ACTION),
+    "UnifiedProcedureStepServiceClass": (
+        Service.N_CREATE,
+        Service.N_EVENT_REPORT,
+        Service.N_GET,
+        Service.N_SET,
+        Service.N_ACTION,
+    ),
+}
+
+
+@functools.cache
+def _keyword(uid: str) -> str:
+    return next(
+        (n for n in dir(pynetdicom_sop_class) if getattr(pynetdicom_sop_class, n) == uid), ""
+    )
+
+
+def services_of(uid: str) -> tuple[Service, ...]:
+    """The DIMSE services a peer may use on a presentation context of SOP class ``uid``."""
+    if is_verification(uid):
+        return (Service.C_ECHO,)
+    if is_storage(uid):
+        return (Service.C_STORE,)
+    if uid in GROUPS["query-retrieve"]():
+        keyword = _keyword(uid)
+        for suffix, service in (("Get", Service.C_GET), ("Move", Service.C_MOVE)):
+            if keyword.endswith(suffix):
+                return (service,)
+        return (Service.C_FIND,)
+    # pynetdicom serves no request on a SOP class it has no service class for: ().
+    return _N_SERVICES.get(uid_to_service_class(uid).__name__, ())
+
+
+def accepted_services(uids: Iterable[str]) -> dict[Service, list[str]]:
+    """Service -> the accepted SOP classes it can arrive on, in Service order."""
+    found: dict[Service, list[str]] = {}
+    for uid in uids:
+        for service in services_of(uid):
+            found.setdefault(service, []).append(uid)
+    return {service: found[service] for service in Service if service in found}

@@ -106,7 +106,7 @@ class Conversation:
 
     def _dataset_file(self) -> received.ReceivedDataSet | None:
         """The C-STORE data set pynetdicom received into a spool or a file
-        (:mod:`bridge.received`), not read yet; None when the request holds its data set
+        (:mod:`bridge.scp.received`), not read yet; None when the request holds its data set
         in ``DataSet``."""
         if self.service is not Service.C_STORE:
             return None

@@ -3,7 +3,7 @@ requests.
 
 Events (``event.association-<outcome>.<calling AE>``) are published confirmed and
 persistent; while the broker is away, or while older messages wait in the spool, they go
-to the :class:`~bridge.spool.DiskSpool` and a replayer publishes them, oldest first, when
+to the :class:`~bridge.scp.spool.DiskSpool` and a replayer publishes them, oldest first, when
 the broker is back. Nothing is dropped without a log line and a metric: a full spool is
 an error.
 

@@ -1,9 +1,9 @@
 """Who may associate, and how much a peer may send: the SCP's admission and limits.
 
-- :class:`CallingPolicy`: an allow-list of calling AE titles, each optionally bound to
-  source networks. It plugs into pynetdicom's own calling-AE check, so a refused peer gets
-  a proper A-ASSOCIATE-RJ (rejected-permanent, service-user, "calling AE title not
-  recognized") rather than an abort.
+- :func:`install_calling_policy`: the allow-list of calling AE titles
+  (:class:`bridge.config.CallingPolicy`), plugged into pynetdicom's own calling-AE check,
+  so a refused peer gets a proper A-ASSOCIATE-RJ (rejected-permanent, service-user,
+  "calling AE title not recognized") rather than an abort.
 - :func:`guard_socket`: limits on what a peer sends, enforced where pynetdicom reads the
   socket, before anything is buffered: a PDU longer than the limit, or a DIMSE message
   (command plus data set) larger than the maximum data set size, ends the association
@@ -13,15 +13,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from bridge.errors import BridgeError, ConfigError, Failure
+from bridge.config import CallingPolicy
+from bridge.errors import BridgeError, Failure
 
 if TYPE_CHECKING:
     from pynetdicom import AE
@@ -29,56 +28,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-
-@dataclass(frozen=True)
-class CallingPolicy:
-    """Calling AE titles allowed; ``None`` networks means from any address."""
-
-    entries: dict[str, tuple[Network, ...] | None] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, items: Iterable[str]) -> CallingPolicy:
-        """Entries ``TITLE`` or ``TITLE@network|network`` (an address or CIDR block).
-        Raises ConfigError naming the bad entry."""
-        entries: dict[str, tuple[Network, ...] | None] = {}
-        for raw in items:
-            title, _, nets = raw.strip().partition("@")
-            title = title.strip()
-            if not title or len(title) > 16 or "\\" in title:
-                raise ConfigError(f"allowed calling AE {raw!r}: not an AE title")
-            if not nets:
-                entries[title] = None  # from any address
-                continue
-            try:
-                networks = [ipaddress.ip_network(n.strip(), strict=False) for n in nets.split("|")]
-            except ValueError:
-                raise ConfigError(f"allowed calling AE {raw!r}: bad address or network") from None
-            if title in entries and entries[title] is None:
-                continue  # already allowed from anywhere
-            entries[title] = (*(entries.get(title) or ()), *networks)
-        return cls(entries)
-
-    def allows(self, title: str, address: str | None) -> bool:
-        if not self.entries:
-            return True
-        if title not in self.entries:
-            return False
-        networks = self.entries[title]
-        if networks is None:
-            return True
-        try:
-            ip = ipaddress.ip_address(address or "")
-        except ValueError:
-            return False
-        return any(ip in network for network in networks)
-
-    def install(self, ae: AE) -> None:
-        """Make pynetdicom's calling-AE check apply this policy."""
-        if self.entries:
-            # pynetdicom's setter copies into a plain list; this object must stay as it is.
-            ae._require_calling_aet = _TitlesForThisPeer(self)
+def install_calling_policy(policy: CallingPolicy, ae: AE) -> None:
+    """Make pynetdicom's calling-AE check apply ``policy``."""
+    if policy.entries:
+        # pynetdicom's setter copies into a plain list; this object must stay as it is.
+        ae._require_calling_aet = _TitlesForThisPeer(policy)
 
 
 class _TitlesForThisPeer(list[str]):

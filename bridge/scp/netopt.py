@@ -42,7 +42,7 @@ class _QuickAckRecv:
 
 def tune_association(assoc: Association) -> None:
     """Tune the socket of ``assoc`` (call from an ``EVT_CONN_OPEN`` handler). Composes
-    with other wrappers of the socket's ``recv`` (:func:`bridge.guard.guard_socket`)."""
+    with other wrappers of the socket's ``recv`` (:func:`bridge.scp.guard.guard_socket`)."""
     wrapper = assoc.dul.socket
     raw = getattr(wrapper, "socket", None)
     if wrapper is None or not isinstance(raw, socket.socket):

@@ -16,14 +16,14 @@ data set bytes.
 pynetdicom deletes the file after the handler returns (one that a spool never made is
 fine: it ignores the error); the bridge deletes it, or drops the spool's memory, sooner,
 once the envelope is built. Two pynetdicom never deletes: a data set whose association ends
-while it is still arriving (an abort, the size guard of :mod:`bridge.guard`), and a
+while it is still arriving (an abort, the size guard of :mod:`bridge.scp.guard`), and a
 complete request still queued when the association ends. :func:`discard_partial` and
 :func:`discard_queued` delete those; :func:`sweep` removes files a killed process left.
 
 :class:`ReceivedDataSet` parses a spool or such a file as pynetdicom parses the received
 bytes (``pydicom.filereader.read_dataset`` with the context's transfer syntax), except that
 values longer than ``defer_size`` stay in the file. It is the
-:class:`~bridge.dicomjson.DeferredValues` of the dataset it returns, so the DICOM JSON is
+:class:`~bridge.protocol.dicomjson.DeferredValues` of the dataset it returns, so the DICOM JSON is
 the one of the in-memory path, and a large binary value goes to the claim-check store by
 a copy in the kernel, never through the bridge's memory.
 """
@@ -289,7 +289,7 @@ class FileRange:
 
 Claim = Callable[[int, str, FileRange], str | None]
 """``(tag, vr, value) -> BulkDataURI`` or None to inline the value: the claim-check of a
-value in the file (``bridge.dicomjson.DeferredValues.claim``)."""
+value in the file (``bridge.protocol.dicomjson.DeferredValues.claim``)."""
 
 
 class ReceivedDataSet:
@@ -381,7 +381,7 @@ class ReceivedDataSet:
         if handle is not None:
             handle.close()
 
-    # -- bridge.dicomjson.DeferredValues ------------------------------------------------
+    # -- bridge.protocol.dicomjson.DeferredValues ------------------------------------------------
 
     def value(self, raw: RawDataElement) -> bytes | FileRange:
         """Where the deferred value of ``raw`` is in the file, as pydicom would have read

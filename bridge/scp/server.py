@@ -1,10 +1,10 @@
 """The DICOM side: a pynetdicom SCP whose handlers ask the broker for every answer.
 
 Handlers run in pynetdicom's association threads. Each one encodes the request in that
-thread (the codec is pure), hops into the event loop through :class:`~bridge.seam.Seam`
-to publish and await the reply (:class:`~bridge.conversation.Conversation`), decodes the
+thread (the codec is pure), hops into the event loop through :class:`~bridge.transport.seam.Seam`
+to publish and await the reply (:class:`~bridge.scp.conversation.Conversation`), decodes the
 reply in that thread again, and returns what pynetdicom expects. C-FIND, C-GET and C-MOVE
-stream (:mod:`bridge.retrieve`). Every failure on the way becomes the service's failure
+stream (:mod:`bridge.scp.streams`). Every failure on the way becomes the service's failure
 status with an Error Comment; a handler never raises, so pynetdicom never aborts an
 association on our account and the association stays usable after a failed request.
 """
@@ -33,6 +33,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
 from bridge._pynetdicom import commandset, reactor
+from bridge.config import CallingPolicy
 from bridge.errors import BridgeError, BrokerUnavailable, Failure
 from bridge.ops.metrics import Metrics
 from bridge.protocol import codec, sopclasses
@@ -41,7 +42,7 @@ from bridge.protocol.model import Service
 from bridge.scp import netopt, received, streams
 from bridge.scp.conversation import Conversation, Limits
 from bridge.scp.events import EventPublisher, association_event
-from bridge.scp.guard import CallingPolicy, RateLimiter, SocketGuard, guard_socket
+from bridge.scp.guard import RateLimiter, SocketGuard, guard_socket, install_calling_policy
 from bridge.transport import Transport
 from bridge.transport.bulkstore import DirectoryStore
 from bridge.transport.seam import Seam
@@ -124,7 +125,7 @@ class BridgeSCP:
         s = self._settings
         # pynetdicom binds "standard" handlers to every association that format a dump of
         # each PDU and DIMSE message, then log it at INFO/DEBUG. The bridge keeps
-        # pynetdicom at WARNING (bridge.logging), so that work is thrown away: 0.24 ms of
+        # pynetdicom at WARNING (bridge.ops.logging), so that work is thrown away: 0.24 ms of
         # CPU per N-EVENT-REPORT on the SCP side (5 calls). Bound only when they would log.
         verbose = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
         _config.LOG_HANDLER_LEVEL = "standard" if verbose else "none"
@@ -136,7 +137,7 @@ class BridgeSCP:
         ae.dimse_timeout = s.dimse_timeout
         ae.network_timeout = s.network_timeout
         ae.require_called_aet = s.require_called_ae
-        CallingPolicy.parse(s.allowed_calling_aes).install(ae)
+        install_calling_policy(CallingPolicy.parse(s.allowed_calling_aes), ae)
         for uid in s.sop_class_uids:
             syntaxes = AllTransferSyntaxes if sopclasses.is_storage(uid) else UNCOMPRESSED
             # Accept whichever role the peer proposes: a Storage Commitment SCP that

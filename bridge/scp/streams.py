@@ -3,7 +3,7 @@
 Each handler is a generator in pynetdicom's handler protocol (``doc_handle_find``,
 ``doc_handle_c_get``, ``doc_handle_move``): it yields to pynetdicom as replies arrive, so
 the peer gets the first match before the consumer has produced the last, and nothing is
-collected in between. A C-CANCEL is noticed within :data:`~bridge.conversation.CANCEL_POLL`
+collected in between. A C-CANCEL is noticed within :data:`~bridge.scp.conversation.CANCEL_POLL`
 seconds, the peer gets Cancel (0xFE00) at once, consumers get a cancel notice, and later
 replies are dropped as late.
 
@@ -22,7 +22,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import StoragePresentationContexts, build_context
 from pynetdicom.presentation import PresentationContext
 
-from bridge.aetable import AETable
+from bridge.config import AETable
 from bridge.errors import BridgeError, CodecError, Failure, ReplyError
 from bridge.protocol import codec, dicomjson
 from bridge.protocol.codec import Reply

@@ -2,7 +2,7 @@
 
 Lives in the event loop; pynetdicom work runs in a bounded thread pool
 (``command_concurrency`` threads), entered with ``loop.run_in_executor``, and the worker
-threads come back only through :class:`~bridge.seam.Seam` to publish replies (the C-FIND
+threads come back only through :class:`~bridge.transport.seam.Seam` to publish replies (the C-FIND
 matches as they arrive). aio-pika objects never leave the loop; pynetdicom objects never
 enter it.
 
@@ -45,8 +45,7 @@ from pydantic import ConfigDict, Field
 from pydicom.dataset import Dataset
 from yarl import URL
 
-from bridge.aetable import AETable
-from bridge.config import CommandOptions
+from bridge.config import AETable, CommandOptions
 from bridge.errors import BridgeError, BrokerUnavailable, describe_error
 from bridge.protocol.command import (
     Command,
@@ -59,7 +58,8 @@ from bridge.protocol.command import (
     reply_body,
 )
 from bridge.protocol.model import Service
-from bridge.scu.pool import AssociationPool, Peer, perform
+from bridge.scu.perform import perform
+from bridge.scu.pool import AssociationPool, Peer
 from bridge.transport.bulkstore import BulkStore
 from bridge.transport.seam import Seam
 

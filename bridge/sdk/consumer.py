@@ -18,7 +18,7 @@ the request's ``correlation_id`` and acks. A function returns a status (``int``)
 run in worker threads; ``async def`` functions run on the loop.
 
 C-FIND handlers return or yield matches; C-GET and C-MOVE handlers return the instances
-(Datasets or file paths) or a :class:`Retrieval`; see :mod:`bridge.replies`. When the
+(Datasets or file paths) or a :class:`Retrieval`; see :mod:`bridge.sdk.replies`. When the
 peer cancels, the bridge publishes a cancel notice; the SDK stops the handler's iteration
 and sends nothing more for that request. Bulk data above ``bulk_threshold`` travels through
 the claim-check directory ``bulk_dir`` (shared with the bridge), both ways.

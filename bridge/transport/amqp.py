@@ -26,21 +26,12 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
 )
-from yarl import URL
 
 from bridge.errors import BrokerUnavailable, ReplyTimeout, Unroutable, describe_error
 from bridge.transport import Outbound
+from bridge.transport.urls import redact
 
 log = logging.getLogger(__name__)
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced, for logs and error messages."""
-    try:
-        parsed = URL(url)
-    except (TypeError, ValueError):
-        return "<unparseable AMQP URL>"
-    return str(parsed.with_password("***")) if parsed.password else str(parsed)
 
 
 @dataclass

@@ -1,0 +1,49 @@
+"""``serve`` runs the bridge; ``example-consumer`` runs the example consumer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import click
+
+from bridge.cli.options import EXIT_RUNTIME, fail, load_settings, settings_options
+from bridge.config import BridgeSettings, ConsumerSettings
+from bridge.errors import StartupError
+from bridge.ops import service
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  dicom-bridge serve --port 11112 --ae-title PACS-BRIDGE
+  BRIDGE_AMQP_URL=amqps://user:pw@mq:5671/ dicom-bridge serve
+  dicom-bridge serve --sop-classes verification,CTImageStorage,n-services"""
+)
+@settings_options(BridgeSettings)
+def serve(**flags: Any) -> None:
+    """Run the DICOM SCP and bridge each request to RabbitMQ."""
+    settings = load_settings(BridgeSettings, flags)
+    try:
+        asyncio.run(service.serve(settings))
+    except StartupError as exc:
+        fail(EXIT_RUNTIME, exc.message)
+
+
+@click.command(
+    "example-consumer",
+    epilog="""\b
+Example:
+  dicom-bridge example-consumer --queue my-test-queue --log-level DEBUG""",
+)
+@settings_options(ConsumerSettings)
+def example_consumer(**flags: Any) -> None:
+    """Answer every request with Success and log one line per request."""
+    # Imported here: the example and its index are not part of what 'serve' loads.
+    from bridge.example.consumer import build  # noqa: PLC0415
+
+    settings = load_settings(ConsumerSettings, flags)
+    try:
+        build(settings).run_forever()
+    except (OSError, ConnectionError) as exc:
+        fail(EXIT_RUNTIME, f"cannot reach the broker at {settings.redacted_url()}: {exc}")
