@@ -228,7 +228,7 @@ class CommandOptions(BaseModel):
     """Options of the commander: the bridge as an SCU (``docs/commands.md``)."""
 
     commands: bool = Field(
-        True, description="Consume commands and perform them as an SCU (issue 7)."
+        True, description="Consume commands and perform them as an SCU (docs/commands.md)."
     )
     commands_queue: str = Field(
         "dicom-bridge.commands",

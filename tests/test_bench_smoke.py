@@ -1,6 +1,6 @@
 """``bench/run.py --quick`` runs end to end and writes a complete result file.
 
-A smoke test of the benchmark (issue 5), not a performance assertion: every case is
+A smoke test of the benchmark, not a performance assertion: every case is
 there, every request was answered Success, and the numbers are positive.
 """
 
