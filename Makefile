@@ -11,7 +11,7 @@ setup:
 run: setup
 	$(BIN)/dicom-bridge serve
 
-## Run the example consumer, which answers every request with Success.
+## Run the example consumer: a small archive that stores, finds and retrieves (docs/consumers.md).
 consumer: setup
 	$(BIN)/dicom-bridge example-consumer
 

@@ -38,7 +38,7 @@ Example:
 )
 @settings_options(ConsumerSettings)
 def example_consumer(**flags: Any) -> None:
-    """Answer every request with Success and log one line per request."""
+    """Run the example consumer: store, find, get and move from a local directory."""
     # Imported here: the example and its index are not part of what 'serve' loads.
     from bridge.example.consumer import build  # noqa: PLC0415
 

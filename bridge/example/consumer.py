@@ -5,7 +5,7 @@ it receives by C-STORE in ``--data-dir`` with an in-memory index (:mod:`bridge.e
 answers C-FIND from that index and C-GET/C-MOVE with the stored files, and answers every
 other service with Success. An N-CREATE without an Affected SOP Instance UID gets a fresh
 one, as PS3.7 10.1.5.1.4 requires of the SCP. The README's quick start uses it for
-store -> find -> get -> move.
+store -> find -> get, docs/consumers.md for move.
 """
 
 from __future__ import annotations

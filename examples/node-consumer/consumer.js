@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Example dicom-bridge consumer in Node.js: answers N-EVENT-REPORT and C-STORE.
 //
-// Written against the contract only: schemas/*.json and the README ("Routing keys",
+// Written against the contract only: schemas/*.json and docs/protocol.md ("Routing keys",
 // "The envelope", "The reply", "Large instances: claim-check"). See README.md beside
 // this file for how to run it and how it maps to that contract.
 
