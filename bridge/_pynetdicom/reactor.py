@@ -20,9 +20,10 @@ The loop bodies are pynetdicom 3.0.4's, call for call; only the waiting differs,
 ``InvalidEventError`` (a peer's PDU out of order) aborts the association instead of
 killing the DUL thread with an unhandled exception. Both
 loops still wake every :data:`IDLE_WAKE` seconds for what has no event (ARTIM and idle
-timers, kill flags set from other threads). They use private attributes of pynetdicom, so
-``pyproject.toml`` pins pynetdicom below 3.1 and ``tests/test_reactor.py`` checks that
-the attributes are still there.
+timers, kill flags set from other threads). They use private attributes of pynetdicom
+(listed in :mod:`bridge._pynetdicom`), so ``pyproject.toml`` pins pynetdicom below 3.1 and
+``tests/test_pynetdicom_contract.py`` checks that the loops copied and the attributes used
+are still the ones this module was written against.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from pynetdicom import evt
 from pynetdicom.fsm import InvalidEventError
 from pynetdicom.pdu import A_ABORT_RQ
+
+from bridge._pynetdicom.sockets import connected_socket
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -135,13 +138,6 @@ def make_event_driven(assoc: Association) -> None:
     setattr(assoc, "_run_reactor", functools.partial(_assoc_loop, assoc, ready))  # noqa: B010
 
 
-def _peer_socket(dul: DULServiceProvider) -> socket.socket | None:
-    wrapper = dul.socket
-    if wrapper is None or not wrapper._is_connected:
-        return None
-    return wrapper.socket
-
-
 def _run_dul(dul: DULServiceProvider, waker: _Waker, ready: threading.Event) -> None:
     try:
         _dul_loop(dul, waker)
@@ -162,7 +158,7 @@ def _dul_loop(dul: DULServiceProvider, waker: _Waker) -> None:
 
         if sleep:
             closed = dul.state_machine.current_state == "Sta1"
-            waker.wait(_peer_socket(dul), CLOSED_WAKE if closed else IDLE_WAKE)
+            waker.wait(connected_socket(dul.assoc), CLOSED_WAKE if closed else IDLE_WAKE)
 
         if dul._kill_thread:
             break

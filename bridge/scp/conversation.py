@@ -35,8 +35,6 @@ from bridge.transport.bulkstore import BulkStore
 from bridge.transport.seam import Seam
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from pynetdicom.events import Event
 
 log = logging.getLogger(__name__)
@@ -110,14 +108,7 @@ class Conversation:
         in ``DataSet``."""
         if self.service is not Service.C_STORE:
             return None
-        source: Path | received.Spool | None = getattr(self.event.request, "_dataset_file", None)
-        if not isinstance(source, received.Spool):
-            try:
-                # Typed Path, but None when pynetdicom received the data set into memory.
-                path: Path | None = self.event.dataset_path
-            except AttributeError:
-                return None
-            source = path
+        source = received.source_of(self.event)
         if source is None:
             return None
         return received.ReceivedDataSet(

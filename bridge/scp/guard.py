@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from bridge._pynetdicom import calling, sockets
 from bridge.config import CallingPolicy
 from bridge.errors import BridgeError, Failure
 
@@ -30,25 +30,13 @@ log = logging.getLogger(__name__)
 
 
 def install_calling_policy(policy: CallingPolicy, ae: AE) -> None:
-    """Make pynetdicom's calling-AE check apply ``policy``."""
+    """Make pynetdicom's calling-AE check apply ``policy`` (no policy: no check)."""
     if policy.entries:
-        # pynetdicom's setter copies into a plain list; this object must stay as it is.
-        ae._require_calling_aet = _TitlesForThisPeer(policy)
-
-
-class _TitlesForThisPeer(list[str]):
-    """What pynetdicom iterates to check the calling AE title: the titles this policy
-    allows for the peer of the association negotiating in the current thread (an acceptor
-    negotiates in its own Association thread, so the thread knows the peer)."""
-
-    def __init__(self, policy: CallingPolicy) -> None:
-        super().__init__(policy.entries)  # non-empty: pynetdicom then checks at all
-        self._policy = policy
-
-    def __iter__(self) -> Iterator[str]:
-        requestor = getattr(threading.current_thread(), "requestor", None)
-        address = getattr(requestor, "address", None)
-        return iter([t for t in self._policy.entries if self._policy.allows(t, address)])
+        calling.require_calling_titles(
+            ae,
+            list(policy.entries),
+            lambda address: [t for t in policy.entries if policy.allows(t, address)],
+        )
 
 
 class RateLimited(BridgeError):
@@ -96,7 +84,7 @@ class SocketGuard:
         self._message_bytes = 0
 
     def recv(self, nr_bytes: int) -> Any:
-        if nr_bytes > 6:  # a PDU body: the DUL reads the 6-byte header first
+        if nr_bytes > sockets.HEADER_READ:  # a PDU body
             if self._max_pdu and nr_bytes > self._max_pdu + 6:
                 log.warning("peer sent a PDU of %d bytes, over the limit: aborting", nr_bytes)
                 raise OSError("PDU over the size limit")
@@ -114,13 +102,11 @@ def guard_socket(assoc: Association, max_pdu: int, max_message: int) -> SocketGu
     """Enforce ``max_pdu`` (bytes per PDU, 0: pynetdicom's own behaviour) and
     ``max_message`` (bytes per DIMSE message) on what the peer of ``assoc`` sends.
 
-    pynetdicom's DUL calls ``socket.recv(pdu_length)`` with the length the peer declared;
-    raising OSError there is what pynetdicom does for a broken connection: it aborts the
-    association. Call :meth:`SocketGuard.message_done` when a message is complete.
+    pynetdicom's DUL reads a PDU body with the length the peer declared
+    (:mod:`bridge._pynetdicom.sockets`); raising OSError there is what pynetdicom does for
+    a broken connection: it aborts the association. Call :meth:`SocketGuard.message_done`
+    when a message is complete.
     """
-    sock = assoc.dul.socket
-    assert sock is not None, "an acceptor has its socket from the start"
-    guard = SocketGuard(sock.recv, max_pdu, max_message)
-    # The instance attribute shadows the method, for this socket only.
-    sock.recv = guard.recv  # type: ignore[method-assign]
+    guard = SocketGuard(sockets.recv_of(assoc), max_pdu, max_message)
+    sockets.replace_recv(assoc, guard.recv)
     return guard

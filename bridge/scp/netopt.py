@@ -14,6 +14,8 @@ import contextlib
 import socket
 from typing import TYPE_CHECKING, Any
 
+from bridge._pynetdicom import sockets
+
 if TYPE_CHECKING:
     from pynetdicom.association import Association
 
@@ -43,10 +45,9 @@ class _QuickAckRecv:
 def tune_association(assoc: Association) -> None:
     """Tune the socket of ``assoc`` (call from an ``EVT_CONN_OPEN`` handler). Composes
     with other wrappers of the socket's ``recv`` (:func:`bridge.scp.guard.guard_socket`)."""
-    wrapper = assoc.dul.socket
-    raw = getattr(wrapper, "socket", None)
-    if wrapper is None or not isinstance(raw, socket.socket):
+    raw = sockets.connected_socket(assoc)
+    if raw is None:
         return
     tune(raw)
     if QUICKACK is not None:
-        wrapper.recv = _QuickAckRecv(raw, wrapper.recv)  # type: ignore[method-assign]
+        sockets.replace_recv(assoc, _QuickAckRecv(raw, sockets.recv_of(assoc)))

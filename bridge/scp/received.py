@@ -1,9 +1,9 @@
 """C-STORE data sets received into files, so that a large instance never sits in memory.
 
-With :func:`enable`, pynetdicom (``_config.STORE_RECV_CHUNKED_DATASET``) writes the
-fragments of every C-STORE data set to a file object as they arrive instead of joining them
-in memory; the handler then finds ``event.request.DataSet`` empty and ``event.dataset_path``
-set. For an association of the bridge's AE that object is a :class:`Spool`: it keeps the
+With :func:`enable`, pynetdicom writes the fragments of every C-STORE data set to a file
+object as they arrive instead of joining them in memory
+(:mod:`bridge._pynetdicom.receive`); the handler then finds ``event.request.DataSet``
+empty. For an association of the bridge's AE that object is a :class:`Spool`: it keeps the
 data set in memory up to a limit (the bulk threshold) and moves it to a file in the
 receive directory on the first write past it, so a small instance costs no file and a
 large one is never whole in memory. A spool holds the data set bytes only, as received:
@@ -46,21 +46,21 @@ from io import BufferedReader, BufferedWriter, BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from pydicom import filewriter
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.fileutil import read_undefined_length_value
 from pydicom.tag import SequenceDelimiterTag
 from pydicom.uid import UID
-from pynetdicom import _config, dimse_messages, dsutils
 
+from bridge._pynetdicom import receive
 from bridge.errors import CodecError
 from bridge.transport.bulkstore import sweep_files
 
 if TYPE_CHECKING:
     from pynetdicom import AE
     from pynetdicom.association import Association
+    from pynetdicom.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,6 @@ _GROUP_LENGTH: Final = b"\x02\x00\x00\x00UL\x04\x00"
 # Receive directory and spool limit of each bridge's AE. Weak: a stopped bridge's AE goes.
 _directories: weakref.WeakKeyDictionary[AE, tuple[Path, int]] = weakref.WeakKeyDictionary()
 _installed = threading.Lock()
-# What the hooks below stand in for (taken from their home modules, never patched there).
-_create_file_meta: Final = dsutils.create_file_meta
-_write_file_meta_info: Final = filewriter.write_file_meta_info
 
 
 def enable(ae: AE, directory: Path, memory_limit: int = 0) -> None:
@@ -100,61 +97,25 @@ def enable(ae: AE, directory: Path, memory_limit: int = 0) -> None:
         pass
     with _installed:
         _directories[ae] = (directory, max(0, memory_limit))
-        # pynetdicom names these in its module: patched there, for decode_msg only.
-        dimse_messages.NamedTemporaryFile = _temporary_file  # type: ignore[attr-defined]
-        dimse_messages.create_file_meta = _file_meta_arguments  # type: ignore[attr-defined]
-        dimse_messages.write_file_meta_info = _file_meta_info  # type: ignore[attr-defined]
-        _config.STORE_RECV_CHUNKED_DATASET = True
+    receive.receive_into_files(_spool_for)
 
 
-def _temporary_file(*args: Any, **kwargs: Any) -> Any:
-    """pynetdicom's NamedTemporaryFile: a :class:`Spool` for an association of a bridge's
-    AE, pynetdicom's own file for any other.
-
-    pynetdicom creates it in its DUL thread, which knows its association.
-    """
-    ae = getattr(getattr(threading.current_thread(), "assoc", None), "ae", None)
-    where = _directories.get(ae) if ae is not None else None
-    if where is not None:
-        return Spool(*where)
-    return tempfile.NamedTemporaryFile(*args, **kwargs)
+def _spool_for(ae: AE) -> Spool | None:
+    """A :class:`Spool` for a data set arriving on an association of a bridge's ``ae``;
+    None (pynetdicom's own file) for any other AE."""
+    where = _directories.get(ae)
+    return Spool(*where) if where is not None else None
 
 
-@dataclass(frozen=True)
-class _FileMetaArguments:
-    """pynetdicom's ``create_file_meta`` call, made only if the File Meta is written."""
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-
-
-def _file_meta_arguments(*args: Any, **kwargs: Any) -> Any:
-    """pynetdicom's ``create_file_meta`` in ``decode_msg``, whose only use is the argument
-    of ``write_file_meta_info`` next: deferred to :func:`_file_meta_info`."""
-    return _FileMetaArguments(args, kwargs)
-
-
-def _file_meta_info(fp: Any, file_meta: Any, *args: Any, **kwargs: Any) -> None:
-    """pynetdicom's ``write_file_meta_info`` in ``decode_msg``: nothing for a :class:`Spool`
-    (which starts its data set here), pydicom's for any other file."""
-    if isinstance(fp, Spool):
-        fp.begin()
-        return
-    if isinstance(file_meta, _FileMetaArguments):
-        file_meta = _create_file_meta(*file_meta.args, **file_meta.kwargs)
-    _write_file_meta_info(fp, file_meta, *args, **kwargs)
-
-
-class Spool:
+class Spool(receive.DataSetFile):
     """One C-STORE data set as pynetdicom receives it: bytes written after :meth:`begin`
     (pynetdicom's preamble and ``DICM`` before it are dropped) stay in memory up to
     ``limit`` bytes; the first write past the limit creates the file :attr:`name` (new,
     mode 0600) in ``directory``, moves the bytes there and goes on there.
 
-    What pynetdicom uses of its NamedTemporaryFile: :attr:`name` (chosen at once, the file
-    may never exist), ``write``, ``file.flush()``, ``close()``, truth. Raises OSError from
-    ``write`` when the file cannot be created or written. Not thread-safe: pynetdicom's
-    DUL thread writes it, then one thread at a time reads or discards it.
+    Raises OSError from ``write`` when the file cannot be created or written. Not
+    thread-safe: pynetdicom's DUL thread writes it, then one thread at a time reads or
+    discards it.
     """
 
     __slots__ = ("_buffer", "_file", "_limit", "_started", "name", "spilled")
@@ -167,15 +128,6 @@ class Spool:
         self._file: BufferedWriter | None = None
         self._started = False
         self.spilled = False  # the data set went to the file (which then exists)
-
-    def __bool__(self) -> bool:
-        return True  # pynetdicom writes the data set here only when its file is truthy
-
-    @property
-    def file(self) -> Spool:
-        """What pynetdicom flushes after every fragment (the wrapped file of a
-        NamedTemporaryFile)."""
-        return self
 
     def begin(self) -> None:
         """The data set starts with the next write."""
@@ -248,18 +200,21 @@ def discard_partial(assoc: Association) -> None:
     """Delete the file of a data set still arriving on ``assoc``; call it once the
     connection is closed (``EVT_CONN_CLOSE``, in the thread that wrote the file), when no
     more of it can arrive."""
-    message = getattr(assoc.dimse, "message", None)
-    _discard(getattr(message, "_data_set_file", None))
+    _discard(receive.arriving_file(assoc))
 
 
 def discard_queued(assoc: Association) -> None:
     """Delete the files of complete C-STORE requests that ``assoc`` will never handle;
     call it when the association has ended (``EVT_RELEASED``, ``EVT_ABORTED``)."""
-    queue = assoc.dimse.msg_queue
-    with queue.mutex:
-        items = list(queue.queue)
-    for _, primitive in items:
-        _discard(getattr(primitive, "_dataset_file", None))
+    for handle in receive.queued_files(assoc):
+        _discard(handle)
+
+
+def source_of(event: Event) -> Path | Spool | None:
+    """Where the C-STORE data set of ``event`` was received: a :class:`Spool`, the path
+    of pynetdicom's own file, or None when it is in ``event.request.DataSet``."""
+    found = receive.received_file(event)
+    return found if isinstance(found, Path | Spool) else None
 
 
 def sweep(directory: Path, max_age: float = SWEEP_AGE) -> int:
