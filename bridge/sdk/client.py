@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aio_pika
-import aiormq
 import orjson
 from aio_pika.abc import (
     AbstractChannel,
@@ -54,10 +53,11 @@ from aio_pika.abc import (
 )
 from pydicom.dataset import Dataset
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, BrokerUnavailable, Unroutable
 from bridge.protocol import command, dicomjson
 from bridge.protocol.codec import iso_time
 from bridge.protocol.model import Service, routing_word
+from bridge.transport import broker
 from bridge.transport.bulkstore import DirectoryStore, path_of, read_uri
 
 __all__ = ["CommandClient", "CommandFailed", "CommandResult", "FindStream"]
@@ -285,22 +285,22 @@ class CommandClient:
         self._loop = asyncio.get_running_loop()
         if self.store is not None:
             self.store.ensure()
-        self._connection = await aio_pika.connect_robust(
-            self.amqp_url,
-            client_properties={"connection_name": f"dicom-bridge command client pid {id(self)}"},
-        )
-        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._channel = channel
-        self._exchange = (
-            channel.default_exchange
-            if self.queue
-            else await channel.declare_exchange(
-                self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+        connection = await broker.connect(self.amqp_url, purpose="command-client", robust=True)
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            exchange = (
+                channel.default_exchange
+                if self.queue
+                else await broker.declare_exchange(channel, self.exchange_name)
             )
-        )
-        name = f"dicom-bridge.command-reply.{socket.gethostname()}.{uuid.uuid4().hex[:12]}"
-        reply_queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
-        await reply_queue.consume(self._on_reply, no_ack=True)
+            name = f"dicom-bridge.command-reply.{socket.gethostname()}.{uuid.uuid4().hex[:12]}"
+            reply_queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+            await reply_queue.consume(self._on_reply, no_ack=True)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        self._connection, self._channel, self._exchange = connection, channel, exchange
         self._reply_queue = name
 
     async def close(self) -> None:
@@ -405,28 +405,30 @@ class CommandClient:
         self._calls[correlation_id] = call
         headers: dict[str, Any] = {"service": service, "destination-ae": ae_title}
         try:
-            await exchange.publish(
-                aio_pika.Message(
-                    body,
-                    content_type="application/json",
-                    correlation_id=correlation_id,
-                    message_id=correlation_id,
-                    reply_to=self._reply_queue,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    type="command",
-                    app_id="dicom-bridge-client",
-                    timestamp=datetime.now(UTC),
-                    headers=headers,
-                ),
-                routing_key,
-                mandatory=True,
-                timeout=self.publish_timeout,
-            )
-        except aiormq.exceptions.PublishError:
+            with broker.publishing(routing_key, self.publish_timeout, what="command"):
+                await exchange.publish(
+                    aio_pika.Message(
+                        body,
+                        content_type="application/json",
+                        correlation_id=correlation_id,
+                        message_id=correlation_id,
+                        reply_to=self._reply_queue,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        type="command",
+                        app_id="dicom-bridge-client",
+                        timestamp=datetime.now(UTC),
+                        headers=headers,
+                    ),
+                    routing_key,
+                    mandatory=True,
+                    timeout=self.publish_timeout,
+                )
+        except Unroutable as exc:
             self._forget(call)
-            raise CommandFailed(
-                "unroutable", f"no queue bound for {routing_key}: no bridge takes commands"
-            ) from None
+            raise CommandFailed("unroutable", f"{exc.message}: no bridge takes commands") from None
+        except BrokerUnavailable as exc:
+            self._forget(call)
+            raise CommandFailed("unavailable", exc.message) from None
         except BaseException:
             self._forget(call)
             raise
