@@ -150,6 +150,18 @@ async def connect(
 ) -> AbstractRobustConnection: ...
 
 
+@overload
+async def connect(
+    url: str,
+    *,
+    purpose: str,
+    robust: bool,
+    timeout: float | None = None,
+    heartbeat: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AbstractConnection: ...
+
+
 async def connect(
     url: str,
     *,
