@@ -38,6 +38,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from bridge.config import AETable, Destination
+from bridge.protocol import command
 from bridge.protocol.dicomjson import dataset_to_json
 from bridge.protocol.model import Service
 from bridge.scu.commander import Commander, CommanderSettings
@@ -349,7 +350,7 @@ def test_store_by_claim_check_and_compressed(
     ):
         make_commander({"STORESCP": port})
         originals = [dcmread(_file(name)) for name in ("CT_small.dcm", "JPEG2000.dcm")]
-        document = client.command(Service.C_STORE, "STORESCP", datasets={"dataset": originals[0]})
+        document = client.prepare(command.store("STORESCP", originals[0]))
         assert "BulkDataURI" in document["dataset"]["7FE00010"]
         COMMAND.validate(document)
         assert client.send_sync(document).status == 0
@@ -412,15 +413,36 @@ def _n_handlers() -> dict[evt.InterventionEvent, Callable[[Event], Any]]:
     }
 
 
+def _sender(client: CommandClient, via: str) -> Callable[..., CommandResult]:
+    """``send(name, *args, **kwargs)``: the command ``command.<name>(*args, **kwargs)``
+    sent ``via`` its sync shorthand, ``send_sync`` or (async) ``send``."""
+
+    def send(service: str, *args: Any, **kwargs: Any) -> CommandResult:
+        if via == "shorthand":
+            result: CommandResult = getattr(client, f"send_{service}_sync")(*args, **kwargs)
+            return result
+        document = getattr(command, service)(*args, **kwargs)
+        if via == "send_sync":
+            return client.send_sync(document)
+        return asyncio.run(client.send(document))
+
+    return send
+
+
+@pytest.mark.parametrize("via", ["shorthand", "send_sync", "send"])
 def test_n_services_statuses_elements_and_datasets(
-    make_commander: CommanderFactory, client: CommandClient, make_peer: Callable[..., PeerSCP]
+    make_commander: CommanderFactory,
+    client: CommandClient,
+    make_peer: Callable[..., PeerSCP],
+    via: str,
 ) -> None:
     peer = make_peer(_n_handlers())
     make_commander({"PEER": peer.port})
     sc, mpps = str(StorageCommitmentPushModel), str(ModalityPerformedProcedureStep)
+    send = _sender(client, via)
 
-    report = client.send_event_report_sync(
-        "PEER", 2, COMMITMENT, sop_class_uid=sc, sop_instance_uid=INSTANCE
+    report = send(
+        "event_report", "PEER", 2, COMMITMENT, sop_class_uid=sc, sop_instance_uid=INSTANCE
     )
     assert report.document | {"id": "-"} == {
         "version": 1, "id": "-", "service": "n-event-report", "final": True, "status": 0,
@@ -434,23 +456,24 @@ def test_n_services_statuses_elements_and_datasets(
     # role selection: the bridge proposed to be the SCP of the class, the peer is SCU
     assert _roles(seen) == (True, False)
 
-    action = client.send_action_sync(
-        "PEER", 1, COMMITMENT, sop_class_uid=sc, sop_instance_uid=INSTANCE
-    )
+    action = send("action", "PEER", 1, COMMITMENT, sop_class_uid=sc, sop_instance_uid=INSTANCE)
     assert (action.status, action.category, action.error_comment) == (0, "success", None)
     assert action.dataset is not None
     assert action.dataset.TransactionUID == COMMITMENT.TransactionUID
     assert _req(peer.events[-1]).ActionTypeID == 1
 
-    created = client.send_create_sync(
-        "PEER", make_dataset(PerformedProcedureStepStatus="IN PROGRESS"), sop_class_uid=mpps
+    created = send(
+        "create",
+        "PEER",
+        make_dataset(PerformedProcedureStepStatus="IN PROGRESS"),
+        sop_class_uid=mpps,
     )
     assert (created.status, created.affected_sop_instance_uid) == (0, CREATED)
     assert created.dataset is not None
     assert created.dataset.PerformedProcedureStepStatus == "IN PROGRESS"
 
-    modified = client.send_set_sync(
-        "PEER", make_dataset(PerformedProcedureStepStatus="COMPLETED"),
+    modified = send(
+        "set", "PEER", make_dataset(PerformedProcedureStepStatus="COMPLETED"),
         sop_class_uid=mpps, sop_instance_uid=CREATED,
     )  # fmt: skip
     assert modified.status == 0
@@ -460,8 +483,8 @@ def test_n_services_statuses_elements_and_datasets(
     )
     assert _req(peer.events[-1]).RequestedSOPInstanceUID == CREATED
 
-    got = client.send_get_sync(
-        "PEER", [0x00400252, 0x00080060],
+    got = send(
+        "get", "PEER", [0x00400252, 0x00080060],
         sop_class_uid=str(ModalityPerformedProcedureStepRetrieve), sop_instance_uid=CREATED,
     )  # fmt: skip
     assert (got.status, got.category, got.attribute_identifier_list) == (
@@ -473,9 +496,7 @@ def test_n_services_statuses_elements_and_datasets(
         0x00400252, 0x00080060,
     ]  # fmt: skip
 
-    deleted = client.send_delete_sync(
-        "PEER", sop_class_uid=str(BasicFilmSession), sop_instance_uid=INSTANCE
-    )
+    deleted = send("delete", "PEER", sop_class_uid=str(BasicFilmSession), sop_instance_uid=INSTANCE)
     assert (deleted.status, deleted.category) == (0x0112, "failure")
     assert (deleted.error_comment, deleted.error_id) == ("no such film session", 42)
     assert deleted.dataset is None
@@ -520,6 +541,25 @@ def test_c_find_streams_every_match_then_the_final_status(
 
     with pytest.raises(CommandFailed) as failed:
         asyncio.run(failing())
+    assert failed.value.reason == "status"
+    assert failed.value.result is not None
+    assert failed.value.result.status == 0xA700
+
+    # The same through stream (async) and stream_sync with the builder.
+    query.PatientID = "X"
+    again = client.stream_sync(command.find("PEER", query, query_model="study-root"))
+    assert [m.dataset.StudyInstanceUID for m in again if m.dataset] == [
+        _study(n).StudyInstanceUID for n in range(5)
+    ]
+    assert again.final is not None
+    assert (again.final.status, again.matches) == (0, 5)
+
+    async def failing_stream() -> list[CommandResult]:
+        query.PatientID = "NONE"
+        return [m async for m in client.stream(command.find("PEER", query))]
+
+    with pytest.raises(CommandFailed) as failed:
+        asyncio.run(failing_stream())
     assert failed.value.reason == "status"
     assert failed.value.result is not None
     assert failed.value.result.status == 0xA700
@@ -657,7 +697,7 @@ def test_unknown_destination_is_answered_and_dead_lettered(
     make_commander: CommanderFactory, client: CommandClient
 ) -> None:
     commander = make_commander()
-    document = client.command(Service.C_ECHO, "NOWHERE")
+    document = client.prepare(command.echo("NOWHERE"))
     error = _failure(lambda: client.send_sync(document))
     assert error.reason == "unknown-destination"
     assert "NOWHERE is not in the AE table" in error.message
@@ -671,7 +711,7 @@ def test_rejected_association_is_refused_without_retry(
 ) -> None:
     peer = make_peer({evt.EVT_C_ECHO: lambda event: 0}, require_calling=["SOMEONE-ELSE"])
     commander = make_commander({"PEER": peer.port})
-    document = client.command(Service.C_ECHO, "PEER")
+    document = client.prepare(command.echo("PEER"))
     error = _failure(lambda: client.send_sync(document))
     assert error.reason == "refused"
     assert "rejected the association (permanent)" in error.message
@@ -686,7 +726,7 @@ def test_unreachable_peer_is_retried_a_bounded_number_of_times(
     commander = make_commander(command_retries=2, command_pool_size=3)
     port = free_port()  # nothing listens there
 
-    async def burst() -> list[Any]:
+    async def burst() -> list[CommandResult | BaseException]:
         sends = [client.send_echo("DEAD", host="127.0.0.1", port=port) for _ in range(6)]
         return await asyncio.gather(*sends, return_exceptions=True)
 
@@ -712,7 +752,10 @@ def test_peer_that_does_not_answer_times_out(
 
     peer = make_peer({evt.EVT_N_ACTION: slow})
     commander = make_commander({"PEER": peer.port}, command_dimse_timeout=1.0)
-    action = {"sop_class_uid": str(StorageCommitmentPushModel), "sop_instance_uid": INSTANCE}
+    action: dict[str, Any] = {
+        "sop_class_uid": str(StorageCommitmentPushModel),
+        "sop_instance_uid": INSTANCE,
+    }
     started = time.monotonic()
     error = _failure(lambda: client.send_action_sync("PEER", 9, None, **action))
     assert error.reason == "timeout"
@@ -805,15 +848,18 @@ def test_datasets_that_do_not_decode_or_encode(
 ) -> None:
     peer = make_peer({evt.EVT_N_ACTION: lambda event: (make_dataset(Status=0), None)})
     commander = make_commander({"PEER": peer.port})
-    action = {"sop_class_uid": str(StorageCommitmentPushModel), "sop_instance_uid": INSTANCE}
-    bad_vr = client._action("PEER", 1, None, **action)
+    action: dict[str, Any] = {
+        "sop_class_uid": str(StorageCommitmentPushModel),
+        "sop_instance_uid": INSTANCE,
+    }
+    bad_vr = command.action("PEER", 1, None, **action)
     bad_vr["action_information"] = {"00081195": {"vr": "XX", "Value": ["1.2"]}}
     error = _failure(lambda: client.send_sync(bad_vr))
     assert (error.reason, error.message) == (
         "bad-dataset", "action_information: (0008,1195): unknown vr",
     )  # fmt: skip
     # Text outside the Specific Character Set (none: ASCII) would be sent as '?'.
-    latin = client._action("PEER", 1, make_dataset(PatientName="Zoë^Müller"), **action)
+    latin = command.action("PEER", 1, make_dataset(PatientName="Zoë^Müller"), **action)
     error = _failure(lambda: client.send_sync(latin))
     assert error.reason == "bad-dataset"
     assert "(0010,0010) PN: text not representable" in error.message
@@ -826,7 +872,7 @@ def test_datasets_that_do_not_decode_or_encode(
         **action,
     )
     assert ok.status == 0
-    store = client._store("PEER", make_dataset(PatientID="X"))  # no SOP Class/Instance UID
+    store = command.store("PEER", make_dataset(PatientID="X"))  # no SOP Class/Instance UID
     error = _failure(lambda: client.send_sync(store))
     assert (error.reason, error.message) == ("bad-dataset", "dataset has no SOPClassUID")
     assert len(peer.events) == 1
@@ -838,7 +884,7 @@ def test_expired_command_is_not_sent(
 ) -> None:
     peer = make_peer({evt.EVT_C_ECHO: lambda event: 0})
     commander = make_commander({"PEER": peer.port})
-    document = client.command(Service.C_ECHO, "PEER")
+    document = client.prepare(command.echo("PEER"))
     document["deadline"] = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     error = _failure(lambda: client.send_sync(document))
     assert error.reason == "expired"

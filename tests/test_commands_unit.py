@@ -3,21 +3,27 @@ datasets are checked before anything is sent, settings refuse contradictions."""
 
 from __future__ import annotations
 
+import inspect
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from pydantic import ValidationError
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from bridge.config import BridgeSettings
 from bridge.protocol import command as commands
 from bridge.protocol.command import CommandError, Reason, parse_command
+from bridge.protocol.dicomjson import dataset_to_json
 from bridge.protocol.model import Service
 from bridge.scu import pool as scu
 from bridge.scu.commander import CommanderSettings
 from bridge.scu.perform import needs_for
+from bridge.sdk.client import CommandClient, FindStream
 from tests.schemas import validator
 
 COMMAND = validator("command.schema.json")
@@ -163,6 +169,9 @@ def test_routing_key_encodes_the_ae_title() -> None:
     assert (
         commands.routing_key(Service.N_EVENT_REPORT, "MY.AE ") == "command.n-event-report.MY%2EAE"
     )
+    # The client routes any document: a service that is not one is encoded the same way.
+    assert commands.routing_key("c-echo", "PACS") == commands.routing_key(Service.C_ECHO, "PACS")
+    assert commands.routing_key("no.such", "  ") == "command.no%2Esuch.-"
 
 
 def test_store_dataset_gets_its_transfer_syntax_and_must_name_itself() -> None:
@@ -285,3 +294,221 @@ def test_commander_settings() -> None:
         "PACS-BRIDGE", "x", 2.0,
     )  # fmt: skip
     assert settings.command_pool_size == 2
+
+
+# -- builders -----------------------------------------------------------------------------
+
+N: dict[str, Any] = {"sop_class_uid": SC, "sop_instance_uid": UID}
+
+
+def _dataset(**values: Any) -> Dataset:
+    ds = Dataset()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+STORED = _dataset(SOPClassUID=SC, SOPInstanceUID=UID, PatientID="X")
+STORED.file_meta = FileMetaDataset()
+STORED.file_meta.TransferSyntaxUID = JPEG2000Lossless
+QUERY = _dataset(QueryRetrieveLevel="STUDY", StudyInstanceUID="")
+
+BUILT: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("echo", commands.echo("PACS"), {"service": "c-echo"}),
+    (
+        "store",
+        commands.store("PACS", STORED, priority=2, move_originator_ae_title="MOVER"),
+        {
+            "service": "c-store",
+            "dataset": STORED,
+            "transfer_syntax_uid": JPEG2000Lossless,
+            "request": {"priority": 2, "move_originator_ae_title": "MOVER"},
+        },
+    ),
+    (
+        "event_report",
+        commands.event_report("PACS", 1, None, **N),
+        {
+            "service": "n-event-report",
+            "event_information": None,
+            "role": "scp",
+            "request": {
+                "event_type_id": 1,
+                "affected_sop_class_uid": SC,
+                "affected_sop_instance_uid": UID,
+            },
+        },
+    ),
+    (
+        "action",
+        commands.action("PACS", 3, QUERY, **N),
+        {
+            "service": "n-action",
+            "action_information": QUERY,
+            "request": {
+                "requested_sop_class_uid": SC,
+                "requested_sop_instance_uid": UID,
+                "action_type_id": 3,
+            },
+        },
+    ),
+    (
+        "create",
+        commands.create("PACS", None, sop_class_uid=SC),
+        {
+            "service": "n-create",
+            "attribute_list": None,
+            "request": {"affected_sop_class_uid": SC},
+        },
+    ),
+    (
+        "set",
+        commands.set("PACS", QUERY, **N),
+        {
+            "service": "n-set",
+            "modification_list": QUERY,
+            "request": {"requested_sop_class_uid": SC, "requested_sop_instance_uid": UID},
+        },
+    ),
+    (
+        "get",
+        commands.get("PACS", [0x00100010, 0x7FE00010], **N),
+        {
+            "service": "n-get",
+            "request": {
+                "requested_sop_class_uid": SC,
+                "requested_sop_instance_uid": UID,
+                "attribute_identifier_list": ["00100010", "7FE00010"],
+            },
+        },
+    ),
+    (
+        "delete",
+        commands.delete("PACS", **N),
+        {
+            "service": "n-delete",
+            "request": {"requested_sop_class_uid": SC, "requested_sop_instance_uid": UID},
+        },
+    ),
+    (
+        "find",
+        commands.find("PACS", QUERY),
+        {"service": "c-find", "identifier": QUERY, "query_model": "study-root"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "built", "expected"), BUILT, ids=[b[0] for b in BUILT])
+def test_builders_write_the_command_document(
+    name: str, built: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    assert built == {"version": 1, "destination": {"ae_title": "PACS"}, **expected}
+    # Once its datasets are DICOM JSON and it has an id, the parser and the schema take it.
+    document = {
+        key: dataset_to_json(value) if isinstance(value, Dataset) else value
+        for key, value in built.items()
+    }
+    COMMAND.validate({"id": "c1", **document})
+    command = parse_command(orjson.dumps(document), default_id="c1")
+    assert command.service.value == expected["service"]
+    assert command.deadline is None
+
+
+def test_builders_are_pure() -> None:
+    """No id and no clock: the sender adds both, so the same arguments give the same
+    document."""
+    for _, built, _ in BUILT:
+        assert "id" not in built
+        assert "deadline" not in built
+    assert commands.echo("PACS", timeout=3) == commands.echo("PACS", timeout=3)
+    assert commands.find("PACS", QUERY) == BUILT[-1][1]
+
+
+def test_builder_options() -> None:
+    document = commands.echo(
+        "PACS", host="10.0.0.7", port=104, calling_ae="ME", timeout=7.5,
+        request={"message_id": 9},
+    )  # fmt: skip
+    assert document == {
+        "version": 1,
+        "service": "c-echo",
+        "destination": {"ae_title": "PACS", "host": "10.0.0.7", "port": 104},
+        "deadline": timedelta(seconds=7.5),
+        "request": {"message_id": 9},
+        "calling_ae": "ME",
+    }
+    # Extra request fields join the builder's own; the builder's win where both are given.
+    store = commands.store("PACS", {}, priority=1, request={"priority": 0, "message_id": 4})
+    assert store["request"] == {"priority": 1, "message_id": 4}
+    assert commands.store("PACS", {}, request={"priority": 0})["request"] == {"priority": 0}
+    # A JSON dataset has no file_meta: no transfer syntax unless given.
+    assert "transfer_syntax_uid" not in store
+    explicit = commands.store("PACS", STORED, transfer_syntax_uid=ExplicitVRLittleEndian)
+    assert explicit["transfer_syntax_uid"] == ExplicitVRLittleEndian
+    # C-FIND: a SOP class names the model instead of query_model.
+    by_class = commands.find("PACS", QUERY, sop_class_uid=SC, priority=1)
+    assert "query_model" not in by_class
+    assert by_class["request"] == {"affected_sop_class_uid": SC, "priority": 1}
+    assert commands.event_report("PACS", 1, None, role="scu", **N)["role"] == "scu"
+    assert "attribute_identifier_list" not in commands.get("PACS", **N)["request"]
+    assert commands.create("PACS", None, sop_class_uid=SC, sop_instance_uid=UID)["request"] == {
+        "affected_sop_class_uid": SC, "affected_sop_instance_uid": UID,
+    }  # fmt: skip
+    extension: dict[str, Any] = {"x-trace": "t"}
+    assert commands.build("c-echo", "PACS", **extension)["x-trace"] == "t"
+
+
+# -- the client's side, without a broker ---------------------------------------------------
+
+
+def test_client_prepares_what_it_sends(tmp_path: Path) -> None:
+    client = CommandClient(timeout=12, bulk_dir=tmp_path, bulk_threshold=4)
+    before = datetime.now(UTC)
+    action = commands.action("PACS", 1, _dataset(TransactionUID=UID), **N)
+    document = client.prepare(action)
+    assert document["action_information"] == dataset_to_json(_dataset(TransactionUID=UID))
+    assert action["action_information"] == _dataset(TransactionUID=UID)  # not changed
+    deadline = datetime.fromisoformat(document["deadline"])
+    assert before + timedelta(seconds=12) <= deadline <= datetime.now(UTC) + timedelta(seconds=12)
+    uuid.UUID(document["id"])
+    COMMAND.validate(document)
+    parse_command(orjson.dumps(document))
+    # A relative deadline counts from now; a named id and deadline stay as they are.
+    relative = datetime.fromisoformat(client.prepare(commands.echo("PACS", timeout=2))["deadline"])
+    assert relative <= datetime.now(UTC) + timedelta(seconds=2)
+    assert client.prepare(document) == document
+    # Binary values above the threshold go to the claim-check directory.
+    big = client.prepare(
+        commands.store("PACS", _dataset(SOPClassUID=SC, EncapsulatedDocument=b"x" * 8))
+    )
+    assert "BulkDataURI" in big["dataset"]["00420011"]
+    assert len(list(tmp_path.iterdir())) == 1
+    # The generic form, as before the builders.
+    generic = client.command(Service.C_ECHO, "PACS", host="h", port=104, timeout=3)
+    assert generic["destination"] == {"ae_title": "PACS", "host": "h", "port": 104}
+    assert datetime.fromisoformat(generic["deadline"]) <= datetime.now(UTC) + timedelta(seconds=3)
+
+
+def test_client_shorthands_follow_the_builders() -> None:
+    """``send_<name>`` and ``send_<name>_sync`` exist for every builder, with its
+    signature; C-FIND's pair returns the stream."""
+    client = CommandClient()
+    names = {name for name, _, _ in BUILT}
+    assert {Service(b[2]["service"]) for b in BUILT} == set(commands.SERVICES)
+    for name in names:
+        builder = getattr(commands, name)
+        for shorthand in (f"send_{name}", f"send_{name}_sync"):
+            method = getattr(client, shorthand)
+            assert method.__name__ == shorthand
+            assert inspect.signature(method) == inspect.signature(builder)
+            assert builder.__doc__ in method.__doc__
+    assert inspect.iscoroutinefunction(CommandClient.send)
+    echo = client.send_echo("PACS")
+    assert inspect.iscoroutine(echo)
+    echo.close()
+    stream = client.send_find("PACS", QUERY, timeout=4)
+    assert isinstance(stream, FindStream)
+    assert stream._timeout == 4
+    assert stream._document["query_model"] == "study-root"
+    assert isinstance(client.send_find_sync("PACS", QUERY), FindStream)
+    assert CommandClient.stream_sync is CommandClient.stream

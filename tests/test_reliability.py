@@ -22,6 +22,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from bridge.protocol.model import Service
 from bridge.sdk.consumer import Consumer, Request
+from bridge.transport.broker import connection_name
 from tests.conftest import BridgeFactory
 from tests.harness import AMQP_URL, BridgeHarness, LoopThread, TcpProxy, association, timed
 
@@ -263,11 +264,11 @@ def test_broker_memory_alarm_fails_publishes_not_replies(
             # Only the publishing connection is blocked. The reply connection never
             # publishes, so the broker keeps delivering to it ('blocking' means: would
             # block on its first publish).
-            states = {k: v for k, v in _connection_states().items() if "dicom-bridge" in k}
-            assert any(k.endswith("publish") and v == "blocked" for k, v in states.items())
-            replies = [v for k, v in states.items() if k.endswith("replies")]
+            states = _connection_states()
+            assert states.get(connection_name("publish")) == "blocked", states
+            replies = states.get(connection_name("replies"))
             assert replies
-            assert replies[0] in ("running", "blocking"), states
+            assert replies in ("running", "blocking"), states
         finally:
             _rabbitmqctl("set_vm_memory_high_watermark", "0.4")
         deadline = time.monotonic() + 10

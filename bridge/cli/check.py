@@ -21,7 +21,6 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import quote, unquote, urlsplit
 from urllib.request import Request, urlopen
 
-import aio_pika
 import aiormq
 import click
 from aio_pika.abc import AbstractConnection
@@ -280,7 +279,7 @@ async def _check_exchange(connection: AbstractConnection, name: str, report: Rep
     try:
         # It exists, so this declare creates nothing: it is the one serve makes, and fails
         # the same way when the type or the flags differ.
-        await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+        await broker.declare_exchange(channel, name)
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         text = broker.channel_error_text(exc)
         report.add("FAIL", "exchange", f"{name!r} differs from what serve declares: {text}")

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import aio_pika
 import aiormq
 import click
 import orjson
@@ -262,9 +261,7 @@ async def _tail(
         try:
             channel = await connection.channel()
             await channel.set_qos(prefetch_count=100)
-            exchange = await channel.declare_exchange(
-                settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True
-            )
+            exchange = await broker.declare_exchange(channel, settings.exchange)
             name = f"dicom-bridge.tail.{socket.gethostname()}.{uuid.uuid4().hex[:12]}"
             # Bounded, dropping the oldest: a slow terminal never makes the broker refuse
             # (and so the bridge fail) a request.

@@ -7,6 +7,8 @@ receives (``request.event_type_id``, ``event_information``, ...), so that a cons
 turn an envelope into a command by changing little. :func:`parse_command` validates one
 into a :class:`Command`; :func:`decode_datasets` turns its DICOM JSON into pydicom
 datasets; :func:`reply_body` builds the documents of ``schemas/command-reply.schema.json``.
+The builders (:func:`echo`, :func:`store`, ..., :func:`find`) write command documents for
+a sender to publish.
 
 Every error is a :class:`CommandError` with a :class:`Reason` that the reply carries; its
 message names fields, tags and VRs, never values, so it is safe to log and to send.
@@ -17,11 +19,11 @@ from __future__ import annotations
 import functools
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypedDict, Unpack
 
 import orjson
 from pydicom.charset import convert_encodings
@@ -200,10 +202,11 @@ def _collect_uris(document: Mapping[str, Any], uris: list[str]) -> None:
                 _collect_uris(item, uris)
 
 
-def routing_key(service: Service, ae_title: str) -> str:
-    """``command.<service>.<destination AE>``: the AE title percent-encoded like the
-    calling AE of request routing keys."""
-    return f"{ROUTING_PREFIX}.{service.value}.{routing_word(ae_title.strip()) or '-'}"
+def routing_key(service: Service | str, ae_title: str) -> str:
+    """``command.<service>.<destination AE>``: the AE title stripped of padding and
+    percent-encoded like the calling AE of request routing keys (so is a service name
+    that is not one: the bridge answers such a command with ``bad-command``)."""
+    return f"{ROUTING_PREFIX}.{routing_word(service)}.{routing_word(ae_title.strip()) or '-'}"
 
 
 # -- validation ---------------------------------------------------------------------------
@@ -270,7 +273,7 @@ def _ushort(value: Any, name: str, high: int = 0xFFFF) -> int:
 
 def _ae(value: Any, name: str) -> str:
     text = value.strip() if isinstance(value, str) else ""
-    if not 0 < len(text) <= 16 or _AE_FORBIDDEN & set(text):
+    if not 0 < len(text) <= 16 or not _AE_FORBIDDEN.isdisjoint(text):
         raise _bad(f"{name} must be an AE title of 1-16 characters")
     return text
 
@@ -314,7 +317,7 @@ def _request(service: Service, value: Any) -> RequestFields:
 def _destination(value: Any) -> Destination:
     if not isinstance(value, dict):
         raise _bad("destination must be an object with ae_title")
-    if set(value) - {"ae_title", "host", "port"}:
+    if value.keys() - {"ae_title", "host", "port"}:
         raise _bad("destination takes ae_title, host and port only")
     title = _ae(value.get("ae_title"), "destination.ae_title")
     host, port = value.get("host"), value.get("port")
@@ -520,7 +523,7 @@ def _check_text(ds: Dataset, name: str, encodings: list[str]) -> None:
         values = elem.value if isinstance(elem.value, list) else [elem.value]
         for value in values:
             text = str(value)
-            if not all(_encodes(char, encodings) for char in set(text)):
+            if not all(_encodes(char, encodings) for char in frozenset(text)):
                 raise CommandError(
                     Reason.BAD_DATASET,
                     f"{name}: ({elem.tag.group:04X},{elem.tag.element:04X}) {elem.VR}: text "
@@ -649,3 +652,243 @@ def encode_response_dataset(
             f"response dataset cannot be decoded ({type(exc).__name__})",
             permanent=False,
         ) from exc
+
+
+# -- building commands --------------------------------------------------------------------
+# Pure like the rest: a builder's document has no ``id`` and its ``deadline``, if any, is
+# relative. The sender (bridge.sdk.client) encodes its pydicom Datasets, names it and
+# stamps the deadline when it publishes it. The N-SET builder is named ``set``: in this
+# module, the builtin is ``frozenset`` or a set display.
+
+DatasetLike = Dataset | JSONDict
+"""A dataset of a command: a pydicom Dataset (the sender encodes it) or DICOM JSON."""
+
+
+class BuildOptions(TypedDict, total=False):
+    """Keyword options every builder takes."""
+
+    host: str | None
+    """With ``port``: the destination's address (else the bridge's AE table has it)."""
+    port: int | None
+    calling_ae: str | None
+    """The Calling AE title for this command (default the bridge's)."""
+    timeout: float | None
+    """Seconds the command is good for once sent: its ``deadline``, a
+    :class:`~datetime.timedelta` until the sender stamps the time (and waits as long for
+    each reply)."""
+    request: Mapping[str, Any] | None
+    """More request fields (``message_id``, ``meta_sop_class_uid``, ...)."""
+
+
+def build(
+    service: Service | str,
+    ae_title: str,
+    *,
+    request: Mapping[str, Any] | None = None,
+    datasets: Mapping[str, DatasetLike | None] | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    calling_ae: str | None = None,
+    timeout: float | None = None,
+    **fields: Any,
+) -> JSONDict:
+    """Any command document (``schemas/command.schema.json``, but for ``id`` and the
+    deadline, see above): request fields and top-level ``fields`` that are None are left
+    out; datasets are kept as given, None too."""
+    destination: JSONDict = {"ae_title": ae_title}
+    if host is not None or port is not None:
+        destination.update(host=host, port=port)
+    document: JSONDict = {
+        "version": COMMAND_VERSION,
+        "service": Service(service).value,
+        "destination": destination,
+    }
+    if timeout:
+        document["deadline"] = timedelta(seconds=timeout)
+    fields_of_request = {k: v for k, v in (request or {}).items() if v is not None}
+    if fields_of_request:
+        document["request"] = fields_of_request
+    document.update(datasets or {})
+    fields["calling_ae"] = calling_ae
+    document.update({k: v for k, v in fields.items() if v is not None})
+    return document
+
+
+def _options(options: BuildOptions, **request: Any) -> BuildOptions:
+    """``options`` with the fields of ``request`` that are not None added to its request
+    fields (over those of the same name)."""
+    given = {k: v for k, v in request.items() if v is not None}
+    return {**options, "request": {**(options.get("request") or {}), **given}}
+
+
+def _requested(
+    options: BuildOptions, sop_class_uid: str, sop_instance_uid: str, **more: Any
+) -> BuildOptions:
+    return _options(
+        options,
+        requested_sop_class_uid=sop_class_uid,
+        requested_sop_instance_uid=sop_instance_uid,
+        **more,
+    )
+
+
+def echo(ae_title: str, **options: Unpack[BuildOptions]) -> JSONDict:
+    """C-ECHO."""
+    return build(Service.C_ECHO, ae_title, **options)
+
+
+def store(
+    ae_title: str,
+    dataset: DatasetLike,
+    *,
+    priority: int | None = None,
+    move_originator_ae_title: str | None = None,
+    move_originator_message_id: int | None = None,
+    transfer_syntax_uid: str | None = None,
+    **options: Unpack[BuildOptions],
+) -> JSONDict:
+    """C-STORE of ``dataset``; ``transfer_syntax_uid`` is the encoding its values are in,
+    by default its ``file_meta``'s (when it has one)."""
+    if transfer_syntax_uid is None:
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        transfer_syntax_uid = str(syntax) if syntax else None
+    return build(
+        Service.C_STORE,
+        ae_title,
+        datasets={"dataset": dataset},
+        transfer_syntax_uid=transfer_syntax_uid,
+        **_options(
+            options,
+            priority=priority,
+            move_originator_ae_title=move_originator_ae_title,
+            move_originator_message_id=move_originator_message_id,
+        ),
+    )
+
+
+def event_report(
+    ae_title: str,
+    event_type_id: int,
+    event_information: DatasetLike | None,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    role: Literal["scu", "scp"] = "scp",
+    **options: Unpack[BuildOptions],
+) -> JSONDict:
+    """N-EVENT-REPORT. The bridge proposes to be the SCP of the class (role selection)
+    unless ``role="scu"``."""
+    return build(
+        Service.N_EVENT_REPORT,
+        ae_title,
+        datasets={"event_information": event_information},
+        role=role,
+        **_options(
+            options,
+            event_type_id=event_type_id,
+            affected_sop_class_uid=sop_class_uid,
+            affected_sop_instance_uid=sop_instance_uid,
+        ),
+    )
+
+
+def action(
+    ae_title: str,
+    action_type_id: int,
+    action_information: DatasetLike | None,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    **options: Unpack[BuildOptions],
+) -> JSONDict:
+    """N-ACTION."""
+    return build(
+        Service.N_ACTION,
+        ae_title,
+        datasets={"action_information": action_information},
+        **_requested(options, sop_class_uid, sop_instance_uid, action_type_id=action_type_id),
+    )
+
+
+def create(
+    ae_title: str,
+    attribute_list: DatasetLike | None,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str | None = None,
+    **options: Unpack[BuildOptions],
+) -> JSONDict:
+    """N-CREATE; without ``sop_instance_uid`` the peer assigns one."""
+    return build(
+        Service.N_CREATE,
+        ae_title,
+        datasets={"attribute_list": attribute_list},
+        **_options(
+            options,
+            affected_sop_class_uid=sop_class_uid,
+            affected_sop_instance_uid=sop_instance_uid,
+        ),
+    )
+
+
+def set(  # the service's name, shadowing the builtin here: see the section's comment
+    ae_title: str,
+    modification_list: DatasetLike,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    **options: Unpack[BuildOptions],
+) -> JSONDict:
+    """N-SET."""
+    return build(
+        Service.N_SET,
+        ae_title,
+        datasets={"modification_list": modification_list},
+        **_requested(options, sop_class_uid, sop_instance_uid),
+    )
+
+
+def get(
+    ae_title: str,
+    attribute_identifier_list: Sequence[int] | None = None,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    **options: Unpack[BuildOptions],
+) -> JSONDict:
+    """N-GET of the given tags (every attribute when None)."""
+    tags = None
+    if attribute_identifier_list is not None:
+        tags = [f"{tag:08X}" for tag in attribute_identifier_list]
+    return build(
+        Service.N_GET,
+        ae_title,
+        **_requested(options, sop_class_uid, sop_instance_uid, attribute_identifier_list=tags),
+    )
+
+
+def delete(
+    ae_title: str, *, sop_class_uid: str, sop_instance_uid: str, **options: Unpack[BuildOptions]
+) -> JSONDict:
+    """N-DELETE."""
+    return build(Service.N_DELETE, ae_title, **_requested(options, sop_class_uid, sop_instance_uid))
+
+
+def find(
+    ae_title: str,
+    identifier: DatasetLike,
+    *,
+    query_model: str | None = "study-root",
+    sop_class_uid: str | None = None,
+    priority: int | None = None,
+    **options: Unpack[BuildOptions],
+) -> JSONDict:
+    """C-FIND: ``query_model`` (``study-root``, ``patient-root``, ``modality-worklist``,
+    ...) or ``sop_class_uid`` names the information model."""
+    return build(
+        Service.C_FIND,
+        ae_title,
+        datasets={"identifier": identifier},
+        query_model=None if sop_class_uid else query_model,
+        **_options(options, affected_sop_class_uid=sop_class_uid, priority=priority),
+    )

@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,10 +41,9 @@ from aio_pika.abc import (
 )
 from pydantic import ConfigDict, Field
 from pydicom.dataset import Dataset
-from yarl import URL
 
 from bridge.config import AETable, CommandOptions
-from bridge.errors import BridgeError, BrokerUnavailable, describe_error
+from bridge.errors import BridgeError, BrokerUnavailable, Unroutable
 from bridge.protocol.command import (
     Command,
     CommandError,
@@ -60,6 +57,7 @@ from bridge.protocol.command import (
 from bridge.protocol.model import Service
 from bridge.scu.perform import perform
 from bridge.scu.pool import AssociationPool, Peer
+from bridge.transport import broker
 from bridge.transport.bulkstore import BulkStore
 from bridge.transport.seam import Seam
 
@@ -166,57 +164,39 @@ class Commander:
     async def start(self) -> None:
         """Begin connecting in the background and return at once: an unreachable broker
         (or a declaration it refuses, such as a commands queue declared before with other
-        arguments) is logged and retried with capped backoff, never raised. Once
-        connected, aio-pika's robust connection reconnects by itself."""
+        arguments) is logged and retried with the capped backoff of
+        :data:`bridge.transport.broker.RECONNECT`, never raised. Once connected,
+        aio-pika's robust connection reconnects by itself."""
         self._seam = Seam(asyncio.get_running_loop())
         if self._supervisor is None:
             self._supervisor = asyncio.create_task(self._connect_loop(), name="commander")
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until commands are consumed; False when ``timeout`` seconds pass first."""
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await broker.ready_within(self._ready, timeout)
 
     async def _connect_loop(self) -> None:
-        delay = 0.2
-        while not self._closing:
-            try:
-                await self._connect()
-            except (OSError, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError) as exc:
-                log.warning(
-                    "commands: cannot consume %s (%s); retrying in %.1f s",
-                    self.settings.commands_queue, describe_error(exc), delay,
-                )  # fmt: skip
-                await self._disconnect()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self._ready.set()
-            return
+        await broker.keep_trying(
+            self._connect,
+            url=self.settings.amqp_url,
+            trouble=f"commands: cannot consume {self.settings.commands_queue}",
+            logger=log,
+            after_failure=self._disconnect,
+        )
+        self._ready.set()
 
     async def _connect(self) -> None:
         s = self.settings
-        name = f"dicom-bridge commander {socket.gethostname()} pid {os.getpid()}"
-        # Held before connecting: a close() during the attempt must stop a robust
-        # connection's own reconnecting, or it keeps the loop from ending.
-        connection = aio_pika.RobustConnection(
-            URL(s.amqp_url),
-            client_properties={"connection_name": name},
-            ssl_context=self._ssl_context,
+        connection = await broker.connect(
+            s.amqp_url, purpose="commander", robust=True, ssl_context=self._ssl_context
         )
         self._connection = connection
-        await connection.connect()
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=s.command_concurrency)
         self._reply_channel = await connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
-        exchange = await channel.declare_exchange(
-            s.exchange, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        exchange = await broker.declare_exchange(channel, s.exchange)
         await self._declare_dead_letters(channel)
         queue = await channel.declare_queue(
             s.commands_queue,
@@ -489,26 +469,26 @@ class Commander:
             return
         if channel is None or channel.is_closed:
             raise BrokerUnavailable("not connected to the broker")
+        timeout = self.settings.publish_timeout
         try:
-            await channel.default_exchange.publish(
-                aio_pika.Message(
-                    body,
-                    content_type="application/json",
-                    correlation_id=message.correlation_id,
-                    delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-                    type="command-reply",
-                    app_id="dicom-bridge",
-                ),
-                routing_key=message.reply_to,
-                mandatory=True,
-                timeout=self.settings.publish_timeout,
-            )
-        except aiormq.exceptions.PublishError:
+            with broker.publishing(message.reply_to, timeout, what="reply"):
+                await channel.default_exchange.publish(
+                    aio_pika.Message(
+                        body,
+                        content_type="application/json",
+                        correlation_id=message.correlation_id,
+                        delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+                        type="command-reply",
+                        app_id="dicom-bridge",
+                    ),
+                    routing_key=message.reply_to,
+                    mandatory=True,
+                    timeout=timeout,
+                )
+        except Unroutable:
             self.stats.undeliverable_replies += 1
             log.warning("requester gone: command reply not deliverable", extra=_ids(message))
             return
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
-            raise BrokerUnavailable(f"reply not published: {type(exc).__name__}") from None
         self.stats.replies += 1
 
 

@@ -1,50 +1,58 @@
-"""SDK for consumers that command the bridge: ``send_*`` helpers, async and sync.
+"""SDK for consumers that command the bridge: ``send`` and ``stream``, async and sync.
 
+    from bridge.protocol import command
     from bridge.sdk.client import CommandClient
 
     async with CommandClient("amqp://guest:guest@127.0.0.1:5672/") as client:
-        result = await client.send_echo("ARCHIVE")          # status 0x0000
-        async for match in client.send_find("ARCHIVE", query, query_model="study-root"):
+        result = await client.send(command.echo("ARCHIVE"))     # status 0x0000
+        query = command.find("ARCHIVE", identifier, query_model="study-root")
+        async for match in client.stream(query):
             print(match.dataset.StudyInstanceUID)
 
-    with CommandClient(url) as client:                      # no event loop of your own
-        client.send_store_sync("ARCHIVE", dataset)
+    with CommandClient(url) as client:                          # no event loop of your own
+        client.send_sync(command.store("ARCHIVE", dataset))
+
+The builders of :mod:`bridge.protocol.command` write the commands; every builder also has
+shorthands here, ``send_<service>`` and ``send_<service>_sync`` with its arguments
+(``client.send_echo("ARCHIVE")`` is ``client.send(command.echo("ARCHIVE"))``).
 
 A client publishes commands (``schemas/command.schema.json``) to the exchange with
 routing key ``command.<service>.<AE>`` (or straight to a queue), persistent and mandatory,
-and waits for the correlated replies on its own exclusive reply queue. The helpers encode
-pydicom datasets to DICOM JSON (values above ``bulk_threshold`` through the claim-check
-directory ``bulk_dir``, shared with the bridge) and decode response datasets on first
-access to :attr:`CommandResult.dataset`.
+and waits for the correlated replies on its own exclusive reply queue. It encodes pydicom
+datasets to DICOM JSON (values above ``bulk_threshold`` through the claim-check directory
+``bulk_dir``, shared with the bridge), names the command and stamps its deadline when it
+sends it (:meth:`CommandClient.prepare`), and decodes response datasets on first access
+to :attr:`CommandResult.dataset`.
 
-Return and raise: a helper returns the :class:`CommandResult` whatever DIMSE status the
+Return and raise: ``send`` returns the :class:`CommandResult` whatever DIMSE status the
 peer answered; it raises :class:`CommandFailed` when there is no DIMSE answer (the reply's
 ``error``: ``unknown-destination``, ``refused``, ``timeout``, ...), when no reply came
-within ``timeout`` (``no-reply``), or when no queue is bound for commands
-(``unroutable``). C-FIND matches are iterated as they arrive; a final status other than
-Success or Warning raises :class:`CommandFailed` at the end of the iteration.
+within ``timeout`` (``no-reply``), when no queue is bound for commands (``unroutable``)
+or the broker failed the publish (``unavailable``). ``stream`` yields C-FIND matches as
+they arrive; a final status other than Success or Warning raises :class:`CommandFailed`
+at the end of the iteration.
 
 The client's connection lives in one event loop: the one ``start()`` ran in, or a thread
 of its own when it is used synchronously (``start_sync()``, ``with client:``, or the first
-``*_sync`` call). Async helpers called from another loop hop over to it.
+``*_sync`` call). Async methods called from another loop hop over to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import threading
 import uuid
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
 
 import aio_pika
-import aiormq
 import orjson
 from aio_pika.abc import (
     AbstractChannel,
@@ -54,16 +62,19 @@ from aio_pika.abc import (
 )
 from pydicom.dataset import Dataset
 
-from bridge.errors import BridgeError
-from bridge.protocol import command, dicomjson
+from bridge.errors import BridgeError, BrokerUnavailable, Unroutable
+from bridge.protocol import command as commands
+from bridge.protocol import dicomjson
 from bridge.protocol.codec import iso_time
-from bridge.protocol.model import Service, routing_word
+from bridge.protocol.model import Service
+from bridge.transport import broker
 from bridge.transport.bulkstore import DirectoryStore, path_of, read_uri
 
 __all__ = ["CommandClient", "CommandFailed", "CommandResult", "FindStream"]
 
 T = TypeVar("T")
-Tags = Sequence[int]
+R = TypeVar("R")
+P = ParamSpec("P")
 JSONDict = dict[str, Any]
 
 
@@ -243,6 +254,72 @@ class FindStream:
         return None
 
 
+class _Shorthand(Generic[P, R]):
+    """A method of :class:`CommandClient` that builds a command with ``builder`` and hands
+    it to ``method`` (the client's ``send``, ``send_sync`` or ``stream``, named
+    ``sending``)."""
+
+    def __init__(
+        self,
+        builder: Callable[P, JSONDict],
+        method: Callable[[CommandClient, JSONDict], R],
+        sending: str,
+    ) -> None:
+        self.builder = builder
+        self.method = method
+        self.sending = sending
+        self.name = builder.__name__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, client: None, owner: type | None = None) -> Self: ...
+
+    @overload
+    def __get__(self, client: CommandClient, owner: type | None = None) -> Callable[P, R]: ...
+
+    def __get__(
+        self, client: CommandClient | None, owner: type | None = None
+    ) -> Self | Callable[P, R]:
+        if client is None:
+            return self
+        builder, method = self.builder, self.method
+
+        @functools.wraps(builder)
+        def shorthand(*args: P.args, **kwargs: P.kwargs) -> R:
+            return method(client, builder(*args, **kwargs))
+
+        shorthand.__name__ = shorthand.__qualname__ = self.name
+        shorthand.__doc__ = f"{self.sending}(command.{builder.__name__}(...)): {builder.__doc__}"
+        return shorthand
+
+
+# The shorthands are made in the class body, before the class exists: they look its
+# methods up when called.
+
+
+def _single(
+    builder: Callable[P, JSONDict],
+) -> tuple[_Shorthand[P, Coroutine[Any, Any, CommandResult]], _Shorthand[P, CommandResult]]:
+    """``send_<service>`` and ``send_<service>_sync`` for a single-reply service."""
+    return (
+        _Shorthand(builder, lambda client, document: client.send(document), "send"),
+        _Shorthand(builder, lambda client, document: client.send_sync(document), "send_sync"),
+    )
+
+
+def _streamed(
+    builder: Callable[P, JSONDict],
+) -> tuple[_Shorthand[P, FindStream], _Shorthand[P, FindStream]]:
+    """``send_<service>`` and ``send_<service>_sync``, the same stream, for C-FIND."""
+
+    def stream(client: CommandClient, document: JSONDict) -> FindStream:
+        return client.stream(document)
+
+    return _Shorthand(builder, stream, "stream"), _Shorthand(builder, stream, "stream_sync")
+
+
 class CommandClient:
     """Publishes commands and waits for the bridge's replies. See the module docstring."""
 
@@ -285,22 +362,22 @@ class CommandClient:
         self._loop = asyncio.get_running_loop()
         if self.store is not None:
             self.store.ensure()
-        self._connection = await aio_pika.connect_robust(
-            self.amqp_url,
-            client_properties={"connection_name": f"dicom-bridge command client pid {id(self)}"},
-        )
-        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._channel = channel
-        self._exchange = (
-            channel.default_exchange
-            if self.queue
-            else await channel.declare_exchange(
-                self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+        connection = await broker.connect(self.amqp_url, purpose="command-client", robust=True)
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            exchange = (
+                channel.default_exchange
+                if self.queue
+                else await broker.declare_exchange(channel, self.exchange_name)
             )
-        )
-        name = f"dicom-bridge.command-reply.{socket.gethostname()}.{uuid.uuid4().hex[:12]}"
-        reply_queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
-        await reply_queue.consume(self._on_reply, no_ack=True)
+            name = f"dicom-bridge.command-reply.{socket.gethostname()}.{uuid.uuid4().hex[:12]}"
+            reply_queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+            await reply_queue.consume(self._on_reply, no_ack=True)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        self._connection, self._channel, self._exchange = connection, channel, exchange
         self._reply_queue = name
 
     async def close(self) -> None:
@@ -391,42 +468,42 @@ class CommandClient:
         exchange = self._exchange
         if exchange is None:
             raise CommandFailed("unavailable", "client not connected")
-        correlation_id = str(document.setdefault("id", str(uuid.uuid4())))
+        correlation_id = str(document["id"])
         body = orjson.dumps(document)
         if len(body) > self.max_message_size:
             raise CommandFailed("bad-dataset", "command larger than max_message_size")
         service = str(document.get("service"))
         destination = document.get("destination")
         ae_title = str(destination.get("ae_title")) if isinstance(destination, dict) else "-"
-        routing_key = self.queue or f"{command.ROUTING_PREFIX}.{routing_word(service)}." + (
-            routing_word(ae_title) or "-"
-        )
+        routing_key = self.queue or commands.routing_key(service, ae_title)
         call = _Call(correlation_id)
         self._calls[correlation_id] = call
         headers: dict[str, Any] = {"service": service, "destination-ae": ae_title}
         try:
-            await exchange.publish(
-                aio_pika.Message(
-                    body,
-                    content_type="application/json",
-                    correlation_id=correlation_id,
-                    message_id=correlation_id,
-                    reply_to=self._reply_queue,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    type="command",
-                    app_id="dicom-bridge-client",
-                    timestamp=datetime.now(UTC),
-                    headers=headers,
-                ),
-                routing_key,
-                mandatory=True,
-                timeout=self.publish_timeout,
-            )
-        except aiormq.exceptions.PublishError:
+            with broker.publishing(routing_key, self.publish_timeout, what="command"):
+                await exchange.publish(
+                    aio_pika.Message(
+                        body,
+                        content_type="application/json",
+                        correlation_id=correlation_id,
+                        message_id=correlation_id,
+                        reply_to=self._reply_queue,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        type="command",
+                        app_id="dicom-bridge-client",
+                        timestamp=datetime.now(UTC),
+                        headers=headers,
+                    ),
+                    routing_key,
+                    mandatory=True,
+                    timeout=self.publish_timeout,
+                )
+        except Unroutable as exc:
             self._forget(call)
-            raise CommandFailed(
-                "unroutable", f"no queue bound for {routing_key}: no bridge takes commands"
-            ) from None
+            raise CommandFailed("unroutable", f"{exc.message}: no bridge takes commands") from None
+        except BrokerUnavailable as exc:
+            self._forget(call)
+            raise CommandFailed("unavailable", exc.message) from None
         except BaseException:
             self._forget(call)
             raise
@@ -456,41 +533,49 @@ class CommandClient:
 
     # -- commands -------------------------------------------------------------------------
 
+    def prepare(self, command: Mapping[str, Any], *, timeout: float | None = None) -> JSONDict:
+        """The document as :meth:`send` publishes ``command`` (a builder's, or any command
+        document): pydicom Datasets encoded to DICOM JSON (binary values above
+        ``bulk_threshold`` through the claim-check directory), an ``id`` unless it has
+        one, and its ``deadline`` as a time: a relative one from now, else ``timeout``
+        (default the client's) from now, unless it names one."""
+        document = {
+            name: self._json(value) if isinstance(value, Dataset) else value
+            for name, value in command.items()
+        }
+        document.setdefault("id", str(uuid.uuid4()))
+        deadline = document.get("deadline")
+        if deadline is None:
+            deadline = timedelta(seconds=timeout or self.timeout)
+        if isinstance(deadline, timedelta):
+            deadline = datetime.now(UTC) + deadline
+        if isinstance(deadline, datetime):
+            document["deadline"] = iso_time(deadline)
+        return document
+
+    def _wait(self, command: Mapping[str, Any], timeout: float | None) -> float:
+        """How long to wait for each reply: ``timeout``, else the command's relative
+        deadline, else the client's timeout."""
+        deadline = command.get("deadline")
+        if timeout:
+            return timeout
+        if isinstance(deadline, timedelta) and deadline > timedelta(0):
+            return deadline.total_seconds()
+        return self.timeout
+
     def command(
         self,
         service: Service | str,
         ae_title: str,
         *,
-        request: Mapping[str, Any] | None = None,
-        datasets: Mapping[str, Dataset | JSONDict | None] | None = None,
-        host: str | None = None,
-        port: int | None = None,
         timeout: float | None = None,
         **fields: Any,
     ) -> JSONDict:
-        """A command document (see ``schemas/command.schema.json``): datasets may be
-        pydicom Datasets; the deadline is ``timeout`` from now."""
-        destination: JSONDict = {"ae_title": ae_title}
-        if host is not None or port is not None:
-            destination.update(host=host, port=port)
-        deadline = datetime.now(UTC) + timedelta(seconds=timeout or self.timeout)
-        document: JSONDict = {
-            "version": command.COMMAND_VERSION,
-            "id": str(uuid.uuid4()),
-            "service": Service(service).value,
-            "destination": destination,
-            "deadline": iso_time(deadline),
-        }
-        if request:
-            document["request"] = {k: v for k, v in request.items() if v is not None}
-        for name, value in (datasets or {}).items():
-            document[name] = self._json(value)
-        document.update({k: v for k, v in fields.items() if v is not None})
-        return document
+        """Any command, prepared: :func:`bridge.protocol.command.build`, then
+        :meth:`prepare`."""
+        return self.prepare(commands.build(service, ae_title, **fields), timeout=timeout)
 
-    def _json(self, value: Dataset | JSONDict | None) -> JSONDict | None:
-        if value is None or isinstance(value, dict):
-            return value
+    def _json(self, value: Dataset) -> JSONDict:
         return dicomjson.dataset_to_json(value, bulk_data=self._sink)
 
     def _sink(self, tag: int, vr: str, value: bytes) -> str | None:
@@ -498,260 +583,44 @@ class CommandClient:
             return None
         return self.store.put(value)
 
-    async def send(self, document: JSONDict, *, timeout: float | None = None) -> CommandResult:
-        """Publish any command document and return its (single) reply."""
-        wait = timeout or self.timeout
-        result = await self._on_home(self._request(document, wait))
-        return _raise_for_error(result)
+    async def send(
+        self, command: Mapping[str, Any], *, timeout: float | None = None
+    ) -> CommandResult:
+        """Publish a single-reply command (see :mod:`bridge.protocol.command`'s builders)
+        and return its reply; ``timeout`` bounds the wait (see :meth:`prepare`)."""
+        wait = self._wait(command, timeout)
+        document = self.prepare(command, timeout=wait)
+        return _raise_for_error(await self._on_home(self._request(document, wait)))
 
-    def send_sync(self, document: JSONDict, *, timeout: float | None = None) -> CommandResult:
-        wait = timeout or self.timeout
+    def send_sync(
+        self, command: Mapping[str, Any], *, timeout: float | None = None
+    ) -> CommandResult:
+        """:meth:`send`, blocking the calling thread (never the client's own loop)."""
+        wait = self._wait(command, timeout)
+        document = self.prepare(command, timeout=wait)
         return _raise_for_error(self._sync(self._request(document, wait), wait + 5.0))
 
-    # Each helper builds the document, then sends it; *_sync twins block instead.
+    def stream(self, command: Mapping[str, Any], *, timeout: float | None = None) -> FindStream:
+        """The replies of a C-FIND command as they arrive: ``async for`` or ``for``; the
+        command is published on the first step and ``timeout`` bounds the wait for each
+        reply."""
+        wait = self._wait(command, timeout)
+        return FindStream(self, self.prepare(command, timeout=wait), wait)
 
-    def _echo(self, ae: str, **options: Any) -> JSONDict:
-        return self.command(Service.C_ECHO, ae, **options)
+    stream_sync = stream
 
-    def _store(
-        self,
-        ae: str,
-        dataset: Dataset,
-        *,
-        priority: int | None = None,
-        move_originator_ae_title: str | None = None,
-        move_originator_message_id: int | None = None,
-        **options: Any,
-    ) -> JSONDict:
-        meta = getattr(dataset, "file_meta", None)
-        syntax = getattr(meta, "TransferSyntaxUID", None)
-        options.setdefault("transfer_syntax_uid", str(syntax) if syntax else None)
-        request = {
-            "priority": priority,
-            "move_originator_ae_title": move_originator_ae_title,
-            "move_originator_message_id": move_originator_message_id,
-        }
-        return self.command(
-            Service.C_STORE, ae, request=request, datasets={"dataset": dataset}, **options
-        )
-
-    def _event_report(
-        self,
-        ae: str,
-        event_type_id: int,
-        event_information: Dataset | None,
-        *,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        role: str = "scp",
-        **options: Any,
-    ) -> JSONDict:
-        request = {
-            "event_type_id": event_type_id,
-            "affected_sop_class_uid": sop_class_uid,
-            "affected_sop_instance_uid": sop_instance_uid,
-        }
-        return self.command(
-            Service.N_EVENT_REPORT,
-            ae,
-            request=request,
-            datasets={"event_information": event_information},
-            role=role,
-            **options,
-        )
-
-    @staticmethod
-    def _requested(sop_class_uid: str, sop_instance_uid: str, **more: Any) -> JSONDict:
-        return {
-            "requested_sop_class_uid": sop_class_uid,
-            "requested_sop_instance_uid": sop_instance_uid,
-            **more,
-        }
-
-    def _action(
-        self,
-        ae: str,
-        action_type_id: int,
-        action_information: Dataset | None,
-        *,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        **options: Any,
-    ) -> JSONDict:
-        request = self._requested(sop_class_uid, sop_instance_uid, action_type_id=action_type_id)
-        datasets = {"action_information": action_information}
-        return self.command(Service.N_ACTION, ae, request=request, datasets=datasets, **options)
-
-    def _create(
-        self,
-        ae: str,
-        attribute_list: Dataset | None,
-        *,
-        sop_class_uid: str,
-        sop_instance_uid: str | None = None,
-        **options: Any,
-    ) -> JSONDict:
-        request = {
-            "affected_sop_class_uid": sop_class_uid,
-            "affected_sop_instance_uid": sop_instance_uid,
-        }
-        datasets = {"attribute_list": attribute_list}
-        return self.command(Service.N_CREATE, ae, request=request, datasets=datasets, **options)
-
-    def _set(
-        self,
-        ae: str,
-        modification_list: Dataset,
-        *,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        **options: Any,
-    ) -> JSONDict:
-        request = self._requested(sop_class_uid, sop_instance_uid)
-        datasets = {"modification_list": modification_list}
-        return self.command(Service.N_SET, ae, request=request, datasets=datasets, **options)
-
-    def _get(
-        self,
-        ae: str,
-        attribute_identifier_list: Tags | None = None,
-        *,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        **options: Any,
-    ) -> JSONDict:
-        tags = None
-        if attribute_identifier_list is not None:
-            tags = [f"{tag:08X}" for tag in attribute_identifier_list]
-        request = self._requested(sop_class_uid, sop_instance_uid, attribute_identifier_list=tags)
-        return self.command(Service.N_GET, ae, request=request, **options)
-
-    def _delete(
-        self, ae: str, *, sop_class_uid: str, sop_instance_uid: str, **options: Any
-    ) -> JSONDict:
-        request = self._requested(sop_class_uid, sop_instance_uid)
-        return self.command(Service.N_DELETE, ae, request=request, **options)
-
-    def _find(
-        self,
-        ae: str,
-        identifier: Dataset,
-        *,
-        query_model: str | None = "study-root",
-        sop_class_uid: str | None = None,
-        priority: int | None = None,
-        **options: Any,
-    ) -> JSONDict:
-        request = {"affected_sop_class_uid": sop_class_uid, "priority": priority}
-        return self.command(
-            Service.C_FIND,
-            ae,
-            request=request,
-            datasets={"identifier": identifier},
-            query_model=None if sop_class_uid else query_model,
-            **options,
-        )
-
-    def _timeout(self, options: Mapping[str, Any]) -> float:
-        value = options.get("timeout")
-        return float(value) if value else self.timeout
-
-    async def send_echo(self, ae: str, **options: Any) -> CommandResult:
-        """C-ECHO. ``options``: ``host``, ``port`` (else the AE table), ``timeout``,
-        ``calling_ae``, ``request`` (more command fields)."""
-        return await self.send(self._echo(ae, **options), timeout=self._timeout(options))
-
-    def send_echo_sync(self, ae: str, **options: Any) -> CommandResult:
-        return self.send_sync(self._echo(ae, **options), timeout=self._timeout(options))
-
-    async def send_store(self, ae: str, dataset: Dataset, **options: Any) -> CommandResult:
-        """C-STORE of ``dataset`` (its ``file_meta`` Transfer Syntax UID, if any, is the
-        encoding its pixel data is in). Also ``priority``, ``move_originator_ae_title``,
-        ``move_originator_message_id``."""
-        return await self.send(self._store(ae, dataset, **options), timeout=self._timeout(options))
-
-    def send_store_sync(self, ae: str, dataset: Dataset, **options: Any) -> CommandResult:
-        return self.send_sync(self._store(ae, dataset, **options), timeout=self._timeout(options))
-
-    async def send_event_report(
-        self, ae: str, event_type_id: int, event_information: Dataset | None, **options: Any
-    ) -> CommandResult:
-        """N-EVENT-REPORT; needs ``sop_class_uid`` and ``sop_instance_uid``. The bridge
-        proposes to be the SCP of the class (role selection) unless ``role="scu"``."""
-        document = self._event_report(ae, event_type_id, event_information, **options)
-        return await self.send(document, timeout=self._timeout(options))
-
-    def send_event_report_sync(
-        self, ae: str, event_type_id: int, event_information: Dataset | None, **options: Any
-    ) -> CommandResult:
-        document = self._event_report(ae, event_type_id, event_information, **options)
-        return self.send_sync(document, timeout=self._timeout(options))
-
-    async def send_action(
-        self, ae: str, action_type_id: int, action_information: Dataset | None, **options: Any
-    ) -> CommandResult:
-        """N-ACTION; needs ``sop_class_uid`` and ``sop_instance_uid``."""
-        document = self._action(ae, action_type_id, action_information, **options)
-        return await self.send(document, timeout=self._timeout(options))
-
-    def send_action_sync(
-        self, ae: str, action_type_id: int, action_information: Dataset | None, **options: Any
-    ) -> CommandResult:
-        document = self._action(ae, action_type_id, action_information, **options)
-        return self.send_sync(document, timeout=self._timeout(options))
-
-    async def send_create(
-        self, ae: str, attribute_list: Dataset | None, **options: Any
-    ) -> CommandResult:
-        """N-CREATE; needs ``sop_class_uid``, takes ``sop_instance_uid`` (else the peer
-        assigns one: :attr:`CommandResult.affected_sop_instance_uid`)."""
-        document = self._create(ae, attribute_list, **options)
-        return await self.send(document, timeout=self._timeout(options))
-
-    def send_create_sync(
-        self, ae: str, attribute_list: Dataset | None, **options: Any
-    ) -> CommandResult:
-        return self.send_sync(
-            self._create(ae, attribute_list, **options), timeout=self._timeout(options)
-        )
-
-    async def send_set(self, ae: str, modification_list: Dataset, **options: Any) -> CommandResult:
-        """N-SET; needs ``sop_class_uid`` and ``sop_instance_uid``."""
-        document = self._set(ae, modification_list, **options)
-        return await self.send(document, timeout=self._timeout(options))
-
-    def send_set_sync(self, ae: str, modification_list: Dataset, **options: Any) -> CommandResult:
-        document = self._set(ae, modification_list, **options)
-        return self.send_sync(document, timeout=self._timeout(options))
-
-    async def send_get(
-        self, ae: str, attribute_identifier_list: Tags | None = None, **options: Any
-    ) -> CommandResult:
-        """N-GET of the given tags (all attributes when None); needs ``sop_class_uid``
-        and ``sop_instance_uid``."""
-        document = self._get(ae, attribute_identifier_list, **options)
-        return await self.send(document, timeout=self._timeout(options))
-
-    def send_get_sync(
-        self, ae: str, attribute_identifier_list: Tags | None = None, **options: Any
-    ) -> CommandResult:
-        document = self._get(ae, attribute_identifier_list, **options)
-        return self.send_sync(document, timeout=self._timeout(options))
-
-    async def send_delete(self, ae: str, **options: Any) -> CommandResult:
-        """N-DELETE; needs ``sop_class_uid`` and ``sop_instance_uid``."""
-        return await self.send(self._delete(ae, **options), timeout=self._timeout(options))
-
-    def send_delete_sync(self, ae: str, **options: Any) -> CommandResult:
-        return self.send_sync(self._delete(ae, **options), timeout=self._timeout(options))
-
-    def send_find(self, ae: str, identifier: Dataset, **options: Any) -> FindStream:
-        """C-FIND: iterate the matches (``async for`` or ``for``) as the peer sends them.
-        ``query_model`` (default ``study-root``) or ``sop_class_uid`` names the model;
-        ``timeout`` bounds the wait for each reply."""
-        return FindStream(self, self._find(ae, identifier, **options), self._timeout(options))
-
-    send_find_sync = send_find
+    # Shorthands, one line per builder: ``send_echo(...)`` is ``send(command.echo(...))``,
+    # ``send_echo_sync(...)`` its blocking twin, with the builder's arguments (``timeout``
+    # among them) and docstring.
+    send_echo, send_echo_sync = _single(commands.echo)
+    send_store, send_store_sync = _single(commands.store)
+    send_event_report, send_event_report_sync = _single(commands.event_report)
+    send_action, send_action_sync = _single(commands.action)
+    send_create, send_create_sync = _single(commands.create)
+    send_set, send_set_sync = _single(commands.set)
+    send_get, send_get_sync = _single(commands.get)
+    send_delete, send_delete_sync = _single(commands.delete)
+    send_find, send_find_sync = _streamed(commands.find)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -73,6 +73,7 @@ from bridge.sdk.replies import (
     retrieve_replies,
     to_response,
 )
+from bridge.transport import broker
 from bridge.transport.bulkstore import DirectoryStore, read_uri
 
 __all__ = ["Consumer", "Request", "Response", "Retrieval"]
@@ -282,9 +283,10 @@ class Consumer:
         self._workers = _Workers(asyncio.get_running_loop(), self.prefetch, "consumer")
         if self.store is not None:
             self.store.ensure()
-        connection = await aio_pika.connect_robust(
+        connection = await broker.connect(
             self.amqp_url,
-            client_properties={"connection_name": f"dicom-bridge consumer {self.queue}"},
+            purpose=f"consumer {self.queue}",
+            robust=True,
             ssl_context=self.ssl_context,
         )
         self._connection = connection
@@ -295,9 +297,7 @@ class Consumer:
         self._reply_channel = await connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
-        exchange = await channel.declare_exchange(
-            self.exchange, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        exchange = await broker.declare_exchange(channel, self.exchange)
         if self.exclusive:
             queue = await channel.declare_queue(self.queue, exclusive=True, auto_delete=True)
         else:

@@ -4,7 +4,8 @@ Lives entirely in the event loop thread. Two connections: one publishes requests
 connection the broker blocks under a memory or disk alarm), the other consumes replies,
 so a blocked publisher never stops replies from arriving. A supervisor task keeps both
 up: on loss of either, every in-flight call fails at once with
-:class:`~bridge.errors.BrokerUnavailable`, and it reconnects with capped backoff.
+:class:`~bridge.errors.BrokerUnavailable`, and it reconnects with the capped backoff of
+:data:`bridge.transport.broker.RECONNECT`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import ssl
 import uuid
 from dataclasses import dataclass
 
 import aio_pika
-import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -27,8 +26,8 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
 )
 
-from bridge.errors import BrokerUnavailable, ReplyTimeout, Unroutable, describe_error
-from bridge.transport import Outbound
+from bridge.errors import BrokerUnavailable, ReplyTimeout, Unroutable
+from bridge.transport import Outbound, broker
 from bridge.transport.urls import redact
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TransportStats:
-    """Counters an operator (and the tests) can read; exported as metrics later."""
+    """Counters an operator (and the tests) can read; :mod:`bridge.ops.metrics` exports them."""
 
     published: int = 0
     replies: int = 0
@@ -102,19 +101,15 @@ class AmqpTransport:
         *,
         publish_timeout: float = 5.0,
         connect_timeout: float = 5.0,
-        reconnect_max_delay: float = 5.0,
         heartbeat: int = 20,
-        name: str = "dicom-bridge",
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._url = url
         self._exchange_name = exchange
         self._publish_timeout = publish_timeout
         self._connect_timeout = connect_timeout
-        self._reconnect_max_delay = reconnect_max_delay
         self._heartbeat = heartbeat
         self._ssl_context = ssl_context
-        self._name = f"{name} {socket.gethostname()} pid {os.getpid()}"
         self._calls: dict[str, AmqpCall] = {}
         self._exchange: AbstractExchange | None = None
         self._reply_queue_name = ""
@@ -155,11 +150,7 @@ class AmqpTransport:
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until connected; False when ``timeout`` seconds pass first."""
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await broker.ready_within(self._ready, timeout)
 
     async def close(self) -> None:
         self._closing.set()
@@ -213,25 +204,22 @@ class AmqpTransport:
             headers=dict(message.headers),
         )
         try:
-            await exchange.publish(
-                amqp_message,
-                message.routing_key,
-                mandatory=message.mandatory,
-                timeout=self._publish_timeout,
-            )
-        except aiormq.exceptions.PublishError:
+            with broker.publishing(message.routing_key, self._publish_timeout):
+                await exchange.publish(
+                    amqp_message,
+                    message.routing_key,
+                    mandatory=message.mandatory,
+                    timeout=self._publish_timeout,
+                )
+        except Unroutable:
             self.stats.returned += 1
-            raise Unroutable(f"no queue bound for {message.routing_key}") from None
-        except aiormq.exceptions.DeliveryError:
+            raise
+        except broker.Nacked:
             self.stats.nacked += 1
-            raise BrokerUnavailable("broker refused the request (nack)") from None
-        except TimeoutError:
+            raise
+        except broker.NotConfirmed:
             self.stats.publish_timeouts += 1
-            raise BrokerUnavailable(
-                f"broker did not confirm within {self._publish_timeout:g} s"
-            ) from None
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            raise BrokerUnavailable(f"publish failed: {type(exc).__name__}") from None
+            raise
         self.stats.published += 1
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
@@ -249,11 +237,11 @@ class AmqpTransport:
         call._deliver(message.body)
 
     async def _open(self, purpose: str) -> AbstractConnection:
-        connection = await aio_pika.connect(
+        connection = await broker.connect(
             self._url,
+            purpose=purpose,
             timeout=self._connect_timeout,
             heartbeat=self._heartbeat,
-            client_properties={"connection_name": f"{self._name} {purpose}"},
             ssl_context=self._ssl_context,
         )
         self._connections.append(connection)
@@ -263,9 +251,7 @@ class AmqpTransport:
         publisher = await self._open("publish")
         consumer = await self._open("replies")
         publish_channel = await publisher.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await publish_channel.declare_exchange(
-            self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        exchange = await broker.declare_exchange(publish_channel, self._exchange_name)
         reply_channel = await consumer.channel(publisher_confirms=False)
         await reply_channel.set_qos(prefetch_count=0)
         # Named by us, not by the server: the name shows in the management UI which
@@ -300,25 +286,19 @@ class AmqpTransport:
         if was_ready:
             log.info("disconnected from broker")
 
+    async def _not_connected(self) -> None:
+        await self._disconnect(BrokerUnavailable("not connected to the broker"))
+
     async def _supervise(self) -> None:
-        delay = 0.2
         target = redact(self._url)
         while not self._closing.is_set():
-            watchers: list[asyncio.Future[bool] | asyncio.Task[bool]] = []
-            try:
-                watchers = await self._connect()
-            except (OSError, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError) as exc:
-                log.warning(
-                    "broker unreachable at %s (%s); retrying in %.1f s",
-                    target,
-                    describe_error(exc),
-                    delay,
-                )
-                await self._disconnect(BrokerUnavailable("not connected to the broker"))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._reconnect_max_delay)
-                continue
-            delay = 0.2
+            watchers = await broker.keep_trying(
+                self._connect,
+                url=self._url,
+                trouble="broker unreachable",
+                logger=log,
+                after_failure=self._not_connected,
+            )
             self.stats.connects += 1
             self._ready.set()
             log.info(
