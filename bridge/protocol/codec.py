@@ -9,7 +9,6 @@ the documents are described by ``schemas/envelope.schema.json`` and
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from pydicom.tag import BaseTag, Tag
 from bridge.errors import CodecError, ReplyError
 from bridge.protocol import dicomjson, sopclasses
 from bridge.protocol.model import ENVELOPE_VERSION, Category, Service, ServiceSpec, routing_key
+from bridge.protocol.values import is_tag_text, is_uid, tag_text
 from bridge.transport import HeaderValue
 
 if TYPE_CHECKING:
@@ -55,9 +55,6 @@ REPLY_ELEMENTS: dict[str, str] = {
 }
 KEYWORD_TO_REPLY_KEY = {keyword: key for key, keyword in REPLY_ELEMENTS.items()}
 STREAM_FIELDS = ("sub_operations", "transfer_syntax_uid", "destination", "presentation_contexts")
-
-_TAG_TEXT = re.compile(r"^[0-9A-Fa-f]{8}$")
-_UID_TEXT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 class DatasetFile(dicomjson.DeferredValues, Protocol):
@@ -119,10 +116,6 @@ def iso_time(moment: datetime) -> str:
     A naive ``moment`` (pynetdicom's ``Event.timestamp``) is taken as local time.
     """
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def tag_text(tag: int) -> str:
-    return f"{tag:08X}"
 
 
 def _command_value(keyword: str, value: Any) -> Any:
@@ -333,9 +326,7 @@ def parse_envelope(body: bytes) -> JSONDict:
 
 
 def _tag_list(value: Any, key: str) -> list[int]:
-    if not isinstance(value, list) or not all(
-        isinstance(v, str) and _TAG_TEXT.match(v) for v in value
-    ):
+    if not isinstance(value, list) or not all(isinstance(v, str) and is_tag_text(v) for v in value):
         raise ReplyError(f"{key} must be a list of 8-hex-digit tags")
     return [int(v, 16) for v in value]
 
@@ -352,14 +343,12 @@ def _element(key: str, value: Any) -> Any:
     if key in ("offending_element", "attribute_identifier_list"):
         return _tag_list(value, key)
     if key == "affected_sop_instance_uid":
-        if not isinstance(value, str) or len(value) > 64 or not _UID_TEXT.match(value):
-            raise ReplyError("affected_sop_instance_uid must be a UID")
-        return value
+        return _uid(value, key)
     raise ReplyError(f"unknown reply field {key!r}")  # pragma: no cover - keys checked first
 
 
 def _uid(value: Any, key: str) -> str:
-    if not isinstance(value, str) or len(value) > 64 or not _UID_TEXT.match(value):
+    if not isinstance(value, str) or not is_uid(value):
         raise ReplyError(f"{key} must be a UID")
     return value
 

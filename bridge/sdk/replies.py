@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from bridge.protocol import codec, dicomjson
 from bridge.protocol.model import Service
+from bridge.protocol.values import tag_text
 
 PENDING = 0xFF00
 BulkSink = dicomjson.BulkDataSink
@@ -73,7 +74,7 @@ class Retrieval:
 
 
 def _tags(tags: list[int] | None) -> list[str] | None:
-    return None if tags is None else [codec.tag_text(t) for t in tags]
+    return None if tags is None else [tag_text(t) for t in tags]
 
 
 def to_response(result: Any) -> Response:
