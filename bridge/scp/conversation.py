@@ -25,9 +25,10 @@ from bridge.errors import BrokerUnavailable, CodecError, Failure, ReplyError, Re
 from bridge.ops import tracing
 from bridge.ops.logging import request_context
 from bridge.ops.metrics import Metrics
-from bridge.protocol import codec
-from bridge.protocol.codec import AssociationInfo, Reply
+from bridge.protocol import envelope
+from bridge.protocol.envelope import AssociationInfo
 from bridge.protocol.model import Service, routing_key
+from bridge.protocol.reply import Reply, parse_reply
 from bridge.scp import received
 from bridge.scp.events import EventPublisher
 from bridge.transport import Call, Outbound, Transport, request_reply
@@ -133,7 +134,7 @@ class Conversation:
         deadline = now + timedelta(seconds=limits.reply_timeout) if reply else None
         dataset_file = self._dataset_file()
         try:
-            self.envelope = codec.build_envelope(
+            self.envelope = envelope.build_envelope(
                 self.event,
                 self.service,
                 request_id=self.id,
@@ -150,12 +151,12 @@ class Conversation:
                 # free the memory or disk now rather than after the reply (pynetdicom's
                 # own delete then finds nothing, which it allows).
                 dataset_file.discard()
-        body = codec.dumps(self.envelope)
+        body = envelope.dumps(self.envelope)
         if self._metrics is not None:
             self._metrics.sent(len(body))
         if len(body) > limits.max_message_size:
             raise CodecError(f"envelope of {len(body)} bytes exceeds the max message size")
-        headers = codec.headers(self.envelope, deadline)
+        headers = envelope.headers(self.envelope, deadline)
         # The span lasts until close(): the trace shows the whole round trip.
         self._span.enter_context(tracing.producer_span(self.service.dimse_name, headers))
         return Outbound(
@@ -186,7 +187,7 @@ class Conversation:
             self._metrics.received(len(body))
         if len(body) > self._limits.max_message_size:
             raise ReplyError(f"reply of {len(body)} bytes exceeds the max message size")
-        return codec.parse_reply(body, self.service.spec)
+        return parse_reply(body, self.service.spec)
 
     def hand_over(self, publisher: EventPublisher) -> None:
         """Publish-only: publish (mandatory, persistent, confirmed) or spool the request;
@@ -248,7 +249,7 @@ class Conversation:
             self._metrics.cancels.labels(self.service.value).inc()
         if not self.envelope:
             return
-        key, body = codec.cancel_notice(self.envelope)
+        key, body = envelope.cancel_notice(self.envelope)
         message = Outbound(
             routing_key=key,
             body=body,

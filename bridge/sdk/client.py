@@ -56,7 +56,7 @@ from pydicom.dataset import Dataset
 
 from bridge.errors import BridgeError
 from bridge.protocol import command, dicomjson
-from bridge.protocol.codec import iso_time
+from bridge.protocol.envelope import iso_time
 from bridge.protocol.model import Service, routing_word
 from bridge.transport.bulkstore import DirectoryStore, path_of, read_uri
 
