@@ -247,8 +247,7 @@ def sdk_envelope(index: int, deadline: datetime) -> tuple[str, bytes, dict[str, 
     from pynetdicom.events import Event
     from pynetdicom.presentation import PresentationContextTuple
 
-    from bridge.protocol import envelope as envelopes
-    from bridge.protocol.envelope import AssociationInfo
+    from bridge.protocol.envelope import AssociationInfo, build_envelope
     from bridge.protocol.model import Service
 
     request = N_EVENT_REPORT()
@@ -273,14 +272,14 @@ def sdk_envelope(index: int, deadline: datetime) -> tuple[str, bytes, dict[str, 
         peer_port=40000,
     )
     request_id = str(uuid.uuid4())
-    envelope = envelopes.build_envelope(
+    envelope = build_envelope(
         event,
         Service.N_EVENT_REPORT,
         request_id=request_id,
         association=info,
         deadline=deadline,
     )
-    return request_id, envelopes.dumps(envelope), dict(envelopes.headers(envelope, deadline))
+    return request_id, envelope.to_json(), dict(envelope.headers())
 
 
 # -- server roles (child processes) -------------------------------------------------------

@@ -15,7 +15,7 @@ import yaml
 from jsonschema import Draft7Validator
 
 from bridge.config import BrokerSettings
-from bridge.protocol import envelope as envelopes
+from bridge.protocol.envelope import Envelope, iso_time
 from bridge.protocol.model import SPECS, Service, routing_key
 from bridge.protocol.reply import REPLY_ELEMENTS, STREAM_FIELDS
 from tests.schemas import SCHEMAS, validate_envelope, validate_reply
@@ -93,7 +93,7 @@ def envelope(service: Service, sop_class: str, calling_ae: str = "MY.AE") -> dic
         "service": service.value,
         "event": service.event_name,
         "timestamp": "2026-11-28T04:57:44.516640Z",
-        "deadline": envelopes.iso_time(DEADLINE),
+        "deadline": iso_time(DEADLINE),
         "association": {
             "id": "7b431b86-c608-448c-a313-7109efc3ce6c",
             "calling_ae": calling_ae,
@@ -230,12 +230,16 @@ def test_exchange_binding_is_what_the_bridge_declares() -> None:
 def test_request_headers_are_what_the_envelope_emits() -> None:
     schema = DOC["components"]["schemas"]["requestHeaders"]
     for service in Service:
-        headers = envelopes.headers(envelope(service, "1.2.840.10008.1.1"), DEADLINE)
+        request = Envelope.from_json(envelope(service, "1.2.840.10008.1.1"))
+        assert request.deadline == DEADLINE
+        headers = request.headers()
         assert set(headers) == set(schema["properties"]) == set(schema["required"])
         schema_validator(schema).validate(headers)
     example = DOC["components"]["messages"]["cEchoRequest"]["examples"][0]
     deadline = datetime.fromisoformat(example["payload"]["deadline"])
-    assert envelopes.headers(example["payload"], deadline) == example["headers"]
+    request = Envelope.from_json(example["payload"])
+    assert request.deadline == deadline
+    assert request.headers() == example["headers"]
 
 
 def test_request_messages_point_at_the_envelope_and_correlation_properties() -> None:
@@ -287,8 +291,8 @@ def test_reply_fields_are_what_the_reply_parser_accepts() -> None:
 
 @pytest.mark.parametrize("service", [s for s in Service if SPECS[s].streamed])
 def test_cancel_notice_is_what_the_envelope_publishes(service: Service) -> None:
-    request = envelope(service, STUDY_ROOT_FIND, calling_ae="MY.AE")
-    key, body = envelopes.cancel_notice(request)
+    request = Envelope.from_json(envelope(service, STUDY_ROOT_FIND, calling_ae="MY.AE"))
+    key, body = request.cancel_notice()
     request_key = routing_key(service, STUDY_ROOT_FIND, "MY.AE")
     assert key == f"cancel.{request_key}"
     channel = DOC["channels"]["cancelNotices"]

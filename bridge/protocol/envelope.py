@@ -1,5 +1,5 @@
-"""The request envelope: pynetdicom ``Event`` -> JSON envelope, and the consumer's way back
-in (:func:`parse_envelope`).
+"""The request envelope: pynetdicom ``Event`` -> :class:`Envelope` -> JSON, and the
+consumer's way back in (:func:`parse_envelope`).
 
 Pure: no I/O but through the bulk data sink and data set file callers pass, no clock
 (callers pass times in). Runs in pynetdicom's handler threads. Datasets use the DICOM JSON
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, cast
 
 import orjson
 from pydicom.dataset import Dataset
@@ -30,7 +30,8 @@ JSONDict = dict[str, Any]
 HeaderValue = str | int | float | bool | None
 """A value of an AMQP header the bridge sets."""
 
-# (primitive attribute, envelope key) of every command field a request may carry.
+# (primitive attribute, envelope key) of every command field a request may carry, in the
+# order of the envelope's ``request`` object.
 COMMAND_FIELDS: tuple[tuple[str, str], ...] = (
     ("MessageID", "message_id"),
     ("Priority", "priority"),
@@ -45,6 +46,7 @@ COMMAND_FIELDS: tuple[tuple[str, str], ...] = (
     ("MoveOriginatorMessageID", "move_originator_message_id"),
     ("MoveDestination", "move_destination"),
 )
+_COMMAND_KEYS = frozenset(key for _, key in COMMAND_FIELDS)
 
 
 class DatasetFile(dicomjson.DeferredValues, Protocol):
@@ -56,7 +58,7 @@ class DatasetFile(dicomjson.DeferredValues, Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AssociationInfo:
     """What the envelope says about the association a request came on."""
 
@@ -77,6 +79,180 @@ class AssociationInfo:
             "implementation_class_uid": self.implementation_class_uid,
             "implementation_version_name": self.implementation_version_name,
         }
+
+
+class CommandFields(TypedDict, total=False):
+    """The command fields a request carries (PS3.7), by envelope key; absent when the
+    request has none. Text is stripped of padding, tags are
+    :func:`~bridge.protocol.values.tag_text`."""
+
+    message_id: int
+    priority: int
+    affected_sop_class_uid: str
+    affected_sop_instance_uid: str
+    requested_sop_class_uid: str
+    requested_sop_instance_uid: str
+    event_type_id: int
+    action_type_id: int
+    attribute_identifier_list: list[str]
+    move_originator_ae_title: str
+    move_originator_message_id: int
+    move_destination: str
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One request as the bridge publishes it: built by :func:`build_envelope`, written
+    by :meth:`to_json`, read back by :meth:`from_json`.
+
+    Its documents (``request``, ``datasets``) are held, not copied, and go into the JSON as
+    they are: nothing changes them once the envelope is built.
+    """
+
+    id: str
+    """Unique per request: the AMQP correlation id."""
+    service: Service
+    timestamp: str
+    """When pynetdicom received the request, as :func:`iso_time` writes it."""
+    deadline: datetime | None
+    """When the bridge stops waiting for a reply; None for a publish-only request."""
+    association: AssociationInfo
+    context_id: int
+    abstract_syntax: str
+    transfer_syntax: str
+    sop_class_uid: str
+    """Affected or Requested SOP Class UID (else the abstract syntax)."""
+    request: CommandFields
+    datasets: Mapping[str, JSONDict | None]
+    """The request's datasets by name (``service.spec.request_datasets``, in that order),
+    DICOM JSON Model; None for an absent optional one."""
+    query_model: str | None = None
+    """C-FIND/C-GET/C-MOVE: the SOP class's information model (None when unknown)."""
+    query_level: str | None = None
+    """C-FIND/C-GET/C-MOVE: the Identifier's Query/Retrieve Level."""
+
+    @property
+    def reply_expected(self) -> bool:
+        """False for a publish-only request: the peer has its answer already."""
+        return self.deadline is not None
+
+    @property
+    def request_instance_uid(self) -> str | None:
+        """The request's Affected SOP Instance UID, if it has one."""
+        return self.request.get("affected_sop_instance_uid")
+
+    def as_json(self) -> JSONDict:
+        """The document (``schemas/envelope.schema.json``)."""
+        document: JSONDict = {
+            "version": ENVELOPE_VERSION,
+            "id": self.id,
+            "service": self.service.value,
+            "event": self.service.event_name,
+            "timestamp": self.timestamp,
+            "deadline": iso_time(self.deadline) if self.deadline is not None else None,
+            "association": self.association.as_json(),
+            "context": {
+                "id": self.context_id,
+                "abstract_syntax": self.abstract_syntax,
+                "transfer_syntax": self.transfer_syntax,
+            },
+            "sop_class_uid": self.sop_class_uid,
+            "request": self.request,
+        }
+        if self.deadline is None:
+            document["reply_expected"] = False
+        document.update(self.datasets)
+        if self.service.spec.streamed:
+            document["query_model"] = self.query_model
+            document["query_level"] = self.query_level
+        return document
+
+    def to_json(self) -> bytes:
+        """The message body."""
+        return orjson.dumps(self.as_json())
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> Envelope:
+        """The envelope a document describes: the inverse of :meth:`as_json`.
+
+        Raises CodecError when a key is missing, a command field unknown, or an id, AE
+        title, peer, context, time or SOP class is of the wrong type; the other values are
+        taken as they are (``schemas/envelope.schema.json`` checks them).
+        """
+        try:
+            if document["version"] != ENVELOPE_VERSION:
+                raise CodecError(f"unsupported envelope version {document['version']!r}")
+            service = Service(document["service"])
+            association = document["association"]
+            peer = association["peer"]
+            context = document["context"]
+            request = dict(document["request"])
+            unknown = set(request) - _COMMAND_KEYS
+            if unknown:
+                raise CodecError(f"unknown command field {min(unknown)[:32]!r}")
+            deadline = document["deadline"]
+            return cls(
+                id=_typed(document["id"], str),
+                service=service,
+                timestamp=_typed(document["timestamp"], str),
+                deadline=None if deadline is None else datetime.fromisoformat(deadline),
+                association=AssociationInfo(
+                    id=_typed(association["id"], str),
+                    calling_ae=_typed(association["calling_ae"], str),
+                    called_ae=_typed(association["called_ae"], str),
+                    peer_address=_typed(peer["address"], str),
+                    peer_port=_typed(peer["port"], int),
+                    implementation_class_uid=association.get("implementation_class_uid"),
+                    implementation_version_name=association.get("implementation_version_name"),
+                ),
+                context_id=_typed(context["id"], int),
+                abstract_syntax=_typed(context["abstract_syntax"], str),
+                transfer_syntax=_typed(context["transfer_syntax"], str),
+                sop_class_uid=_typed(document["sop_class_uid"], str),
+                request=cast(CommandFields, request),
+                datasets={name: document[name] for name in service.spec.request_datasets},
+                query_model=document.get("query_model"),
+                query_level=document.get("query_level"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CodecError(f"not an envelope ({type(exc).__name__})") from exc
+
+    def routing_key(self) -> str:
+        """``<service>.<sop class>.<calling AE>``."""
+        return routing_key(self.service, self.sop_class_uid, self.association.calling_ae)
+
+    def headers(self) -> dict[str, HeaderValue]:
+        """AMQP headers: routing and filtering facts plus CloudEvents attributes
+        (``deadline-ms`` only when a reply is expected). A new dict on every call."""
+        association = self.association
+        values: dict[str, HeaderValue] = {
+            "service": self.service.value,
+            "sop-class": self.sop_class_uid,
+            "calling-ae": association.calling_ae,
+            "called-ae": association.called_ae,
+        }
+        if self.deadline is not None:
+            values["deadline-ms"] = int(self.deadline.timestamp() * 1000)
+        return values | {
+            "ce-specversion": "1.0",
+            "ce-id": self.id,
+            "ce-source": f"dicom://{association.called_ae}",
+            "ce-type": f"org.dicom-bridge.{self.service.value}.request",
+            "ce-time": self.timestamp,
+        }
+
+    def cancel_notice(self) -> tuple[str, bytes]:
+        """Routing key and body of the notice that the peer cancelled this request:
+        ``cancel.<service>.<sop class>.<calling AE>`` (the request's key behind ``cancel.``)."""
+        body = {"version": ENVELOPE_VERSION, "type": "cancel", "id": self.id,
+                "service": self.service.value}  # fmt: skip
+        return f"cancel.{self.routing_key()}", orjson.dumps(body)
+
+
+def _typed(value: Any, kind: type[Any]) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(kind.__name__)
+    return value
 
 
 # -- building ------------------------------------------------------------------------------
@@ -103,7 +279,7 @@ def _command_value(keyword: str, value: Any) -> Any:
     return value
 
 
-def command_fields(request: Any) -> JSONDict:
+def command_fields(request: Any) -> CommandFields:
     """The command fields a DIMSE request primitive carries, by envelope key."""
     fields: JSONDict = {}
     for keyword, key in COMMAND_FIELDS:
@@ -111,10 +287,10 @@ def command_fields(request: Any) -> JSONDict:
         if value is None or value == []:
             continue
         fields[key] = _command_value(keyword, value)
-    return fields
+    return cast(CommandFields, fields)
 
 
-def sop_class_of(fields: Mapping[str, Any], abstract_syntax: str) -> str:
+def sop_class_of(fields: CommandFields, abstract_syntax: str) -> str:
     """The SOP Class a request addresses: Affected or Requested SOP Class UID."""
     uid = fields.get("affected_sop_class_uid") or fields.get("requested_sop_class_uid")
     return str(uid or abstract_syntax)
@@ -184,8 +360,8 @@ def build_envelope(
     deadline: datetime | None,
     bulk_data: dicomjson.BulkDataSink | None = None,
     dataset_file: DatasetFile | None = None,
-) -> JSONDict:
-    """The envelope for one request, as a JSON-ready dict.
+) -> Envelope:
+    """The envelope for one request.
 
     ``dataset_file`` is the C-STORE data set when pynetdicom received it into a file
     (``event.request.DataSet`` is then empty); the envelope is the same as for the data
@@ -199,32 +375,32 @@ def build_envelope(
     (``"reply_expected": false``).
     """
     context = event.context
+    abstract_syntax = str(context.abstract_syntax)
     fields = command_fields(event.request)
-    envelope: JSONDict = {
-        "version": ENVELOPE_VERSION,
-        "id": request_id,
-        "service": service.value,
-        "event": service.event_name,
-        "timestamp": iso_time(event.timestamp),
-        "deadline": iso_time(deadline) if deadline is not None else None,
-        "association": association.as_json(),
-        "context": {
-            "id": context.context_id,
-            "abstract_syntax": str(context.abstract_syntax),
-            "transfer_syntax": str(context.transfer_syntax),
-        },
-        "sop_class_uid": sop_class_of(fields, str(context.abstract_syntax)),
-        "request": fields,
+    sop_class_uid = sop_class_of(fields, abstract_syntax)
+    datasets = {
+        name: _request_dataset(event, name, bulk_data, dataset_file)
+        for name in service.spec.request_datasets
     }
-    if deadline is None:
-        envelope["reply_expected"] = False
-    for name in service.spec.request_datasets:
-        envelope[name] = _request_dataset(event, name, bulk_data, dataset_file)
+    model = level = None
     if service.spec.streamed:
-        model = sopclasses.query_model(envelope["sop_class_uid"])
-        envelope["query_model"] = model
-        envelope["query_level"] = check_query_level(model, envelope.get("identifier"))
-    return envelope
+        model = sopclasses.query_model(sop_class_uid)
+        level = check_query_level(model, datasets.get("identifier"))
+    return Envelope(
+        id=request_id,
+        service=service,
+        timestamp=iso_time(event.timestamp),
+        deadline=deadline,
+        association=association,
+        context_id=context.context_id,
+        abstract_syntax=abstract_syntax,
+        transfer_syntax=str(context.transfer_syntax),
+        sop_class_uid=sop_class_uid,
+        request=fields,
+        datasets=datasets,
+        query_model=model,
+        query_level=level,
+    )
 
 
 def check_query_level(model: str | None, identifier: JSONDict | None) -> str | None:
@@ -240,48 +416,12 @@ def check_query_level(model: str | None, identifier: JSONDict | None) -> str | N
     return level
 
 
-def cancel_notice(envelope: Mapping[str, Any]) -> tuple[str, bytes]:
-    """Routing key and body of the notice that the peer cancelled request ``envelope``:
-    ``cancel.<service>.<sop class>.<calling AE>`` (the request's key behind ``cancel.``)."""
-    association = envelope["association"]
-    key = routing_key(
-        Service(envelope["service"]), envelope["sop_class_uid"], association["calling_ae"]
-    )
-    body = {"version": ENVELOPE_VERSION, "type": "cancel", "id": envelope["id"],
-            "service": envelope["service"]}  # fmt: skip
-    return f"cancel.{key}", orjson.dumps(body)
-
-
-def dumps(document: Mapping[str, Any]) -> bytes:
-    return orjson.dumps(document)
-
-
-def headers(envelope: Mapping[str, Any], deadline: datetime | None) -> dict[str, HeaderValue]:
-    """AMQP headers: routing and filtering facts plus CloudEvents attributes
-    (``deadline-ms`` only when a reply is expected)."""
-    association = envelope["association"]
-    values: dict[str, HeaderValue] = {
-        "service": envelope["service"],
-        "sop-class": envelope["sop_class_uid"],
-        "calling-ae": association["calling_ae"],
-        "called-ae": association["called_ae"],
-    }
-    if deadline is not None:
-        values["deadline-ms"] = int(deadline.timestamp() * 1000)
-    return values | {
-        "ce-specversion": "1.0",
-        "ce-id": envelope["id"],
-        "ce-source": f"dicom://{association['called_ae']}",
-        "ce-type": f"org.dicom-bridge.{envelope['service']}.request",
-        "ce-time": envelope["timestamp"],
-    }
-
-
 # -- consumer side -------------------------------------------------------------------------
 
 
 def parse_envelope(body: bytes) -> JSONDict:
-    """Decode an envelope (consumer side). Raises CodecError for anything unusable."""
+    """Decode an envelope (consumer side) into its document, checking only its version
+    and service. Raises CodecError for anything unusable."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -389,9 +389,7 @@ class BridgeSCP:
                     status, dataset = reply_to_dimse(
                         reply,
                         spec,
-                        request_instance_uid=conversation.envelope["request"].get(
-                            "affected_sop_instance_uid"
-                        ),
+                        request_instance_uid=conversation.envelope.request_instance_uid,
                     )
         except BridgeError as exc:
             status = status_dataset(spec.failure_status(exc.failure), {"ErrorComment": exc.comment})
