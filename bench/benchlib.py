@@ -238,16 +238,16 @@ def commitment_info(n: int = 1) -> Dataset:
 
 
 def sdk_envelope(index: int, deadline: datetime) -> tuple[str, bytes, dict[str, Any]]:
-    """(id, body, AMQP headers) of an N-EVENT-REPORT envelope built by ``bridge.protocol.codec``
-    exactly as the bridge builds it, from a synthetic pynetdicom event."""
+    """(id, body, AMQP headers) of an N-EVENT-REPORT envelope built by
+    ``bridge.protocol.envelope`` exactly as the bridge builds it, from a synthetic pynetdicom
+    event."""
     from pydicom.uid import UID as _UID
     from pynetdicom.dimse_primitives import N_EVENT_REPORT
     from pynetdicom.dsutils import encode
     from pynetdicom.events import Event
     from pynetdicom.presentation import PresentationContextTuple
 
-    from bridge.protocol import codec
-    from bridge.protocol.codec import AssociationInfo
+    from bridge.protocol.envelope import AssociationInfo, build_envelope
     from bridge.protocol.model import Service
 
     request = N_EVENT_REPORT()
@@ -272,14 +272,14 @@ def sdk_envelope(index: int, deadline: datetime) -> tuple[str, bytes, dict[str, 
         peer_port=40000,
     )
     request_id = str(uuid.uuid4())
-    envelope = codec.build_envelope(
+    envelope = build_envelope(
         event,
         Service.N_EVENT_REPORT,
         request_id=request_id,
         association=info,
         deadline=deadline,
     )
-    return request_id, codec.dumps(envelope), dict(codec.headers(envelope, deadline))
+    return request_id, envelope.to_json(), dict(envelope.headers())
 
 
 # -- server roles (child processes) -------------------------------------------------------
@@ -854,8 +854,8 @@ async def _sdk_throughput(
 def sdk_throughput(
     count: int, queue_type: str, run_py: Path, during: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
-    """Queue ``count`` N-EVENT-REPORT envelopes built by ``bridge.protocol.codec``, then start one
-    SDK consumer process (``run.py --role consumer``) on that queue and count its replies
+    """Queue ``count`` N-EVENT-REPORT envelopes built by ``bridge.protocol.envelope``, then start
+    one SDK consumer process (``run.py --role consumer``) on that queue and count its replies
     per second, from the first reply to the last. ``during(pid)`` runs in a thread from
     the first reply on (a profiler)."""
     exchange = f"bench-sdk-{uuid.uuid4().hex[:8]}"

@@ -13,11 +13,11 @@ pynetdicom SCU, DCMTK's storescu), rotating the order of the servers from run to
 that machine drift cancels, and reads CPU time and peak RSS of every server process from
 /proc. The large-instance case has its own three servers, which write what they receive
 to disk (the bridge through the example consumer and the claim-check directory). Last,
-the consumer SDK alone: envelopes built by ``bridge.protocol.codec`` are queued, an SDK consumer
-answers them, replies are counted. Writes ``bench/results/<timestamp>.json`` and a chart of
-the bridge's ratios next to it (``--chart docs/performance.png`` also writes it there),
-and prints the tables of ``docs/performance.md``. Needs RabbitMQ on 127.0.0.1:5672, DCMTK
-and matplotlib. ``bench/profile_bridge.py`` finds where the time goes.
+the consumer SDK alone: envelopes built by ``bridge.protocol.envelope`` are queued, an SDK
+consumer answers them, replies are counted. Writes ``bench/results/<timestamp>.json`` and
+a chart of the bridge's ratios next to it (``--chart docs/performance.png`` also writes it
+there), and prints the tables of ``docs/performance.md``. Needs RabbitMQ on
+127.0.0.1:5672, DCMTK and matplotlib. ``bench/profile_bridge.py`` finds where the time goes.
 """
 
 from __future__ import annotations

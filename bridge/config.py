@@ -30,14 +30,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from bridge.errors import ConfigError
 from bridge.ops import tls
 from bridge.protocol import sopclasses
+from bridge.protocol.values import fits_ae_title, is_ae_title
 from bridge.transport.urls import redact
 
 S = TypeVar("S", bound="BrokerSettings")
 
 # Services whose answer needs nothing from a consumer: no response dataset, no instance UID.
 PUBLISH_ONLY_SERVICES = ("c-echo", "c-store", "n-event-report", "n-set", "n-action", "n-delete")
-
-_AE_FORBIDDEN = set("\\") | {chr(c) for c in range(32)} | {chr(127)}
 
 
 def _cache_dir() -> Path:
@@ -97,7 +96,7 @@ class AETable:
             raise ConfigError(f"AE table {path}: expected a mapping of AE title to host/port")
         entries: dict[str, Destination] = {}
         for title, value in document.items():
-            if not isinstance(title, str) or not 0 < len(title.strip()) <= 16:
+            if not isinstance(title, str) or not fits_ae_title(title.strip()):
                 raise ConfigError(f"AE table {path}: {title!r} is not an AE title")
             try:
                 entries[title] = Destination.model_validate(value)
@@ -128,7 +127,7 @@ class CallingPolicy:
         for raw in items:
             title, _, nets = raw.strip().partition("@")
             title = title.strip()
-            if not title or len(title) > 16 or "\\" in title:
+            if not fits_ae_title(title) or "\\" in title:
                 raise ConfigError(f"allowed calling AE {raw!r}: not an AE title")
             if not nets:
                 entries[title] = None  # from any address
@@ -454,7 +453,7 @@ class BridgeSettings(BrokerSettings, CommandOptions):
     @classmethod
     def _ae_title(cls, value: str) -> str:
         value = value.strip()
-        if not value or _AE_FORBIDDEN & set(value):
+        if not is_ae_title(value):
             raise ValueError("must be 1-16 characters without backslash or control characters")
         return value
 

@@ -5,7 +5,7 @@
 Three targets share one input: bytes read as a DICOM data set (implicit and explicit VR,
 the raw path pynetdicom gives the bridge), bytes parsed as JSON and decoded as a DICOM
 JSON data set, and bytes parsed as a consumer reply for every service. The only
-exceptions allowed out are the codec's documented ones (CodecError, ReplyError); anything
+exceptions allowed out are the documented ones (CodecError, ReplyError); anything
 else is a bug and atheris reports it with the input.
 """
 
@@ -23,8 +23,9 @@ with atheris.instrument_imports():
     from pydicom.filereader import read_dataset
 
     from bridge.errors import CodecError, ReplyError
-    from bridge.protocol import codec, dicomjson
+    from bridge.protocol import dicomjson
     from bridge.protocol.model import SPECS
+    from bridge.protocol.reply import parse_reply, reply_to_dimse
 
 warnings.simplefilter("ignore")
 
@@ -46,8 +47,8 @@ def one_input(data: bytes) -> None:
             dicomjson.json_to_dataset(document)
     for spec in SPECS.values():
         try:
-            reply = codec.parse_reply(data, spec)
-            codec.reply_to_dimse(reply, spec)
+            reply = parse_reply(data, spec)
+            reply_to_dimse(reply, spec)
         except ReplyError:
             pass
 

@@ -15,8 +15,9 @@ import yaml
 from jsonschema import Draft7Validator
 
 from bridge.config import BrokerSettings
-from bridge.protocol import codec
+from bridge.protocol.envelope import Envelope, iso_time
 from bridge.protocol.model import SPECS, Service, routing_key
+from bridge.protocol.reply import REPLY_ELEMENTS, STREAM_FIELDS
 from tests.schemas import SCHEMAS, validate_envelope, validate_reply
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -92,7 +93,7 @@ def envelope(service: Service, sop_class: str, calling_ae: str = "MY.AE") -> dic
         "service": service.value,
         "event": service.event_name,
         "timestamp": "2026-11-28T04:57:44.516640Z",
-        "deadline": codec.iso_time(DEADLINE),
+        "deadline": iso_time(DEADLINE),
         "association": {
             "id": "7b431b86-c608-448c-a313-7109efc3ce6c",
             "calling_ae": calling_ae,
@@ -226,15 +227,19 @@ def test_exchange_binding_is_what_the_bridge_declares() -> None:
     assert bridge_op["mandatory"] is True
 
 
-def test_request_headers_are_what_codec_emits() -> None:
+def test_request_headers_are_what_the_envelope_emits() -> None:
     schema = DOC["components"]["schemas"]["requestHeaders"]
     for service in Service:
-        headers = codec.headers(envelope(service, "1.2.840.10008.1.1"), DEADLINE)
+        request = Envelope.from_json(envelope(service, "1.2.840.10008.1.1"))
+        assert request.deadline == DEADLINE
+        headers = request.headers()
         assert set(headers) == set(schema["properties"]) == set(schema["required"])
         schema_validator(schema).validate(headers)
     example = DOC["components"]["messages"]["cEchoRequest"]["examples"][0]
     deadline = datetime.fromisoformat(example["payload"]["deadline"])
-    assert codec.headers(example["payload"], deadline) == example["headers"]
+    request = Envelope.from_json(example["payload"])
+    assert request.deadline == deadline
+    assert request.headers() == example["headers"]
 
 
 def test_request_messages_point_at_the_envelope_and_correlation_properties() -> None:
@@ -259,21 +264,21 @@ def _reply_table() -> dict[str, set[str]]:
     }
 
 
-def test_reply_fields_are_what_codec_accepts() -> None:
+def test_reply_fields_are_what_the_reply_parser_accepts() -> None:
     table = _reply_table()
     fields = set(table) - {"version", "status", "dataset", "x-..."}
-    assert fields == set(codec.REPLY_ELEMENTS) | set(codec.STREAM_FIELDS)
+    assert fields == set(REPLY_ELEMENTS) | set(STREAM_FIELDS)
     reply_schema: dict[str, Any] = json.loads((SCHEMAS / "reply.schema.json").read_text())
     assert set(reply_schema["properties"]) == set(table) - {"x-..."}
     for field, services in table.items():
-        if field in codec.REPLY_ELEMENTS:
-            keyword = codec.REPLY_ELEMENTS[field]
+        if field in REPLY_ELEMENTS:
+            keyword = REPLY_ELEMENTS[field]
             expected = {
                 s.value
                 for s in Service
                 if keyword in (*s.spec.status_elements, *s.spec.reply_fields)
             }
-        elif field in codec.STREAM_FIELDS:
+        elif field in STREAM_FIELDS:
             expected = {s.value for s in Service if field in s.spec.stream_fields}
         elif field == "dataset":
             expected = {s.value for s in Service if s.spec.reply_dataset}
@@ -285,9 +290,9 @@ def test_reply_fields_are_what_codec_accepts() -> None:
 
 
 @pytest.mark.parametrize("service", [s for s in Service if SPECS[s].streamed])
-def test_cancel_notice_is_what_codec_publishes(service: Service) -> None:
-    request = envelope(service, STUDY_ROOT_FIND, calling_ae="MY.AE")
-    key, body = codec.cancel_notice(request)
+def test_cancel_notice_is_what_the_envelope_publishes(service: Service) -> None:
+    request = Envelope.from_json(envelope(service, STUDY_ROOT_FIND, calling_ae="MY.AE"))
+    key, body = request.cancel_notice()
     request_key = routing_key(service, STUDY_ROOT_FIND, "MY.AE")
     assert key == f"cancel.{request_key}"
     channel = DOC["channels"]["cancelNotices"]

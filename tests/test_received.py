@@ -53,7 +53,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from bridge.errors import BridgeError
 from bridge.protocol import dicomjson
-from bridge.protocol.codec import AssociationInfo
+from bridge.protocol.envelope import AssociationInfo
 from bridge.protocol.model import Service
 from bridge.scp import received
 from bridge.scp.conversation import Conversation, Limits

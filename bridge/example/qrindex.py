@@ -116,6 +116,8 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from pynetdicom import sop_class
 
+from bridge.protocol.values import is_loose_uid
+
 log = logging.getLogger(__name__)
 
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
@@ -479,7 +481,6 @@ _TEXT_VRS = _WILDCARD_VRS | {"AS"}
 _STRIP_BOTH_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM"})
 _NUMBER_VRS = frozenset({"IS", "DS", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def _values(elem: DataElement | None) -> list[Any]:
@@ -701,7 +702,7 @@ def _compile(elem: DataElement, query_offset: int) -> _Key:
         return _Key(tag, vr, _set_test({int(v) for v in raw}, int))
     texts = [_normalized(vr, _text(v)) for v in raw]
     if vr == "UI":
-        if not all(_UID.fullmatch(uid) and len(uid) <= 64 for uid in texts):
+        if not all(is_loose_uid(uid) for uid in texts):
             raise _invalid(f"invalid UID in {tag}")
         return _Key(tag, vr, _set_test(set(texts), lambda v: _normalized("UI", _text(v))))
     if vr in ("DA", "TM", "DT"):
@@ -905,7 +906,7 @@ def _record(dataset: Dataset, transfer_syntax: str, path: Path) -> _Record:
     uids = {}
     for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         uid = _string(dataset, keyword)
-        if not _UID.fullmatch(uid) or len(uid) > 64:
+        if not is_loose_uid(uid):
             raise ValueError(f"the dataset has no valid {keyword}")
         uids[keyword] = uid
     summary = _summary(dataset)
@@ -1212,6 +1213,6 @@ def _unique_values(identifier: Dataset, level: _Level, *, many: bool) -> set[str
         if level is _Level.PATIENT:
             if "*" in value or "?" in value:
                 raise _invalid(comment)
-        elif not _UID.fullmatch(value) or len(value) > 64:
+        elif not is_loose_uid(value):
             raise _invalid(f"invalid UID in {tag}")
     return set(values)

@@ -36,6 +36,7 @@ from pynetdicom.status import code_to_category
 from bridge.errors import BridgeError, Failure
 from bridge.protocol import dicomjson, sopclasses
 from bridge.protocol.model import ENVELOPE_VERSION, Service, routing_word
+from bridge.protocol.values import is_ae_title, is_tag_text, is_uid
 
 JSONDict = dict[str, Any]
 
@@ -211,10 +212,6 @@ def routing_key(service: Service | str, ae_title: str) -> str:
 
 # -- validation ---------------------------------------------------------------------------
 
-_UID_TEXT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-_TAG_TEXT = re.compile(r"^[0-9A-Fa-f]{8}$")
-_AE_FORBIDDEN = frozenset("\\") | {chr(c) for c in range(32)} | {chr(127)}
-
 _N_CLASS = ("message_id", "meta_sop_class_uid")
 _REQUESTED = ("requested_sop_class_uid", "requested_sop_instance_uid")
 # Request fields each service takes, and those it needs.
@@ -260,7 +257,7 @@ _TOP_LEVEL = frozenset(
 
 
 def _uid(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= 64 or not _UID_TEXT.match(value):
+    if not isinstance(value, str) or not is_uid(value):
         raise _bad(f"{name} must be a UID")
     return value
 
@@ -273,7 +270,7 @@ def _ushort(value: Any, name: str, high: int = 0xFFFF) -> int:
 
 def _ae(value: Any, name: str) -> str:
     text = value.strip() if isinstance(value, str) else ""
-    if not 0 < len(text) <= 16 or not _AE_FORBIDDEN.isdisjoint(text):
+    if not is_ae_title(text):
         raise _bad(f"{name} must be an AE title of 1-16 characters")
     return text
 
@@ -287,7 +284,7 @@ def _request_field(key: str, value: Any) -> Any:
         return _ae(value, "request.move_originator_ae_title")
     if key == "attribute_identifier_list":
         if not isinstance(value, list) or not all(
-            isinstance(v, str) and _TAG_TEXT.match(v) for v in value
+            isinstance(v, str) and is_tag_text(v) for v in value
         ):
             raise _bad("request.attribute_identifier_list must be a list of 8-hex-digit tags")
         return tuple(int(v, 16) for v in value)

@@ -62,6 +62,7 @@ from pydicom.valuerep import TEXT_VR_DELIMS, PersonName
 from pydicom.values import convert_SQ
 
 from bridge.errors import CodecError
+from bridge.protocol.values import TAG_KEY
 
 __all__ = [
     "BulkDataSink",
@@ -151,7 +152,6 @@ _ESC: Final = 0x1B
 _ESC_FRAGMENTS: Final = re.compile(b"(^[^\x1b]+|[\x1b][^\x1b]*)")
 _DS_RE: Final = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
 _IS_RE: Final = re.compile(r"[+-]?[0-9]+\Z")
-_HEX8: Final = re.compile(r"[0-9A-Fa-f]{8}\Z")
 _ITEM_TAG_BYTES: Final = b"\xfe\xff\x00\xe0"
 _UNDEFINED: Final = 0xFFFFFFFF
 _first: Final = itemgetter(0)
@@ -885,7 +885,7 @@ def _decode_dataset(obj: Any, source: BulkDataSource | None, depth: int) -> Data
     elements: dict[BaseTag, DataElement] = {}
     seen: set[int] = set()
     for key, attribute in obj.items():
-        if not isinstance(key, str) or _HEX8.match(key) is None:
+        if not isinstance(key, str) or TAG_KEY.match(key) is None:
             raise CodecError("dataset: key is not 8 hexadecimal digits")
         tag = int(key, 16)
         if tag in seen:
@@ -1056,7 +1056,7 @@ def _decode_component(vr: str, value: Any) -> Any:
     if vr == "IS":
         return _decode_is(value)
     if vr == "AT":
-        if not isinstance(value, str) or _HEX8.match(value) is None:
+        if not isinstance(value, str) or TAG_KEY.match(value) is None:
             raise _Invalid("AT value is not 8 hexadecimal digits")
         return int(value, 16)
     if not isinstance(value, str):

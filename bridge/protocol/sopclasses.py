@@ -35,6 +35,7 @@ from pynetdicom.sop_class import uid_to_service_class
 
 from bridge.errors import ConfigError
 from bridge.protocol.model import Service
+from bridge.protocol.values import is_uid
 
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -46,8 +47,6 @@ N_SERVICE_CLASSES = tuple(
     for value in vars(service_class_n).values()
     if isinstance(value, type) and issubclass(value, ServiceClass) and value is not ServiceClass
 )
-
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
 
 @functools.cache
@@ -119,7 +118,7 @@ def resolve(selection: Iterable[str]) -> list[str]:
         value = getattr(pynetdicom_sop_class, item, None)
         if isinstance(value, pynetdicom_sop_class.SOPClass):
             uids[str(value)] = None
-        elif _UID.match(item) and len(item) <= 64:
+        elif is_uid(item) and "." in item:  # a bare number is no SOP class UID
             uids[item] = None
         else:
             raise ConfigError(

@@ -19,15 +19,15 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bridge.errors import BrokerUnavailable, CodecError, Failure, ReplyError, ReplyTimeout
 from bridge.ops import tracing
 from bridge.ops.logging import request_context
 from bridge.ops.metrics import Metrics
-from bridge.protocol import codec
-from bridge.protocol.codec import AssociationInfo, Reply
-from bridge.protocol.model import Service, routing_key
+from bridge.protocol.envelope import AssociationInfo, Envelope, build_envelope
+from bridge.protocol.model import Service
+from bridge.protocol.reply import Reply, parse_reply
 from bridge.scp import received
 from bridge.scp.events import EventPublisher
 from bridge.transport import Call, Outbound, Transport, request_reply
@@ -73,7 +73,7 @@ class Conversation:
         self.info = info
         self.id = str(uuid.uuid4())
         self.started = time.perf_counter()
-        self.envelope: dict[str, Any] = {}
+        self._envelope: Envelope | None = None
         self._transport = transport
         self._seam = seam
         self._store = store
@@ -83,6 +83,14 @@ class Conversation:
         self._span = contextlib.ExitStack()
         self._backlog: deque[bytes] = deque()
         self._written: list[str] = []
+
+    @property
+    def envelope(self) -> Envelope:
+        """The request's envelope, built by :meth:`round_trip`, :meth:`publish` or
+        :meth:`hand_over`; RuntimeError before."""
+        if self._envelope is None:
+            raise RuntimeError("the envelope is not built yet")
+        return self._envelope
 
     # -- out ------------------------------------------------------------------------------
 
@@ -124,7 +132,7 @@ class Conversation:
         deadline = now + timedelta(seconds=limits.reply_timeout) if reply else None
         dataset_file = self._dataset_file()
         try:
-            self.envelope = codec.build_envelope(
+            envelope = build_envelope(
                 self.event,
                 self.service,
                 request_id=self.id,
@@ -141,18 +149,17 @@ class Conversation:
                 # free the memory or disk now rather than after the reply (pynetdicom's
                 # own delete then finds nothing, which it allows).
                 dataset_file.discard()
-        body = codec.dumps(self.envelope)
+        self._envelope = envelope
+        body = envelope.to_json()
         if self._metrics is not None:
             self._metrics.sent(len(body))
         if len(body) > limits.max_message_size:
             raise CodecError(f"envelope of {len(body)} bytes exceeds the max message size")
-        headers = codec.headers(self.envelope, deadline)
+        headers = envelope.headers()
         # The span lasts until close(): the trace shows the whole round trip.
         self._span.enter_context(tracing.producer_span(self.service.dimse_name, headers))
         return Outbound(
-            routing_key=routing_key(
-                self.service, self.envelope["sop_class_uid"], self.info.calling_ae
-            ),
+            routing_key=envelope.routing_key(),
             body=body,
             correlation_id=self.id,
             type=self.service.value,
@@ -177,7 +184,7 @@ class Conversation:
             self._metrics.received(len(body))
         if len(body) > self._limits.max_message_size:
             raise ReplyError(f"reply of {len(body)} bytes exceeds the max message size")
-        return codec.parse_reply(body, self.service.spec)
+        return parse_reply(body, self.service.spec)
 
     def hand_over(self, publisher: EventPublisher) -> None:
         """Publish-only: publish (mandatory, persistent, confirmed) or spool the request;
@@ -237,9 +244,9 @@ class Conversation:
         """Tell consumers the peer cancelled (best effort: the peer is answered anyway)."""
         if self._metrics is not None:
             self._metrics.cancels.labels(self.service.value).inc()
-        if not self.envelope:
+        if self._envelope is None:
             return
-        key, body = codec.cancel_notice(self.envelope)
+        key, body = self._envelope.cancel_notice()
         message = Outbound(
             routing_key=key,
             body=body,

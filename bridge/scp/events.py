@@ -24,7 +24,7 @@ import orjson
 
 from bridge.errors import BrokerUnavailable, Unroutable
 from bridge.ops.metrics import Metrics
-from bridge.protocol.codec import AssociationInfo, iso_time
+from bridge.protocol.envelope import AssociationInfo, iso_time
 from bridge.protocol.model import ENVELOPE_VERSION, routing_word
 from bridge.scp.spool import DiskSpool, SpoolFull
 from bridge.transport import Outbound, Transport

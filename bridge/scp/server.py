@@ -1,7 +1,7 @@
 """The DICOM side: a pynetdicom SCP whose handlers ask the broker for every answer.
 
 Handlers run in pynetdicom's association threads. Each one encodes the request in that
-thread (the codec is pure), hops into the event loop through :class:`~bridge.transport.seam.Seam`
+thread (pure code), hops into the event loop through :class:`~bridge.transport.seam.Seam`
 to publish and await the reply (:class:`~bridge.scp.conversation.Conversation`), decodes the
 reply in that thread again, and returns what pynetdicom expects. C-FIND, C-GET and C-MOVE
 stream (:mod:`bridge.scp.streams`). Every failure on the way becomes the service's failure
@@ -35,9 +35,10 @@ from bridge._pynetdicom.contexts import cheap_to_copy
 from bridge.config import CallingPolicy
 from bridge.errors import BridgeError, BrokerUnavailable, Failure
 from bridge.ops.metrics import Metrics
-from bridge.protocol import codec, sopclasses
-from bridge.protocol.codec import AssociationInfo
+from bridge.protocol import sopclasses
+from bridge.protocol.envelope import AssociationInfo
 from bridge.protocol.model import Service
+from bridge.protocol.reply import reply_to_dimse, status_dataset
 from bridge.scp import netopt, received, streams
 from bridge.scp.conversation import Conversation, Limits
 from bridge.scp.events import EventPublisher, association_event
@@ -382,20 +383,16 @@ class BridgeSCP:
             with conversation.logging_context():
                 if service in self._publish_only and self._events is not None:
                     conversation.hand_over(self._events)
-                    status, dataset = codec.status_dataset(0x0000), None
+                    status, dataset = status_dataset(0x0000), None
                 else:
                     reply = conversation.round_trip()
-                    status, dataset = codec.reply_to_dimse(
+                    status, dataset = reply_to_dimse(
                         reply,
                         spec,
-                        request_instance_uid=conversation.envelope["request"].get(
-                            "affected_sop_instance_uid"
-                        ),
+                        request_instance_uid=conversation.envelope.request_instance_uid,
                     )
         except BridgeError as exc:
-            status = codec.status_dataset(
-                spec.failure_status(exc.failure), {"ErrorComment": exc.comment}
-            )
+            status = status_dataset(spec.failure_status(exc.failure), {"ErrorComment": exc.comment})
             dataset = None
             self.metrics.failed(service, exc.failure)
             log.warning(
@@ -407,7 +404,7 @@ class BridgeSCP:
                 extra=_extra(conversation),
             )
         except Exception:
-            status = codec.status_dataset(
+            status = status_dataset(
                 spec.failure_status(Failure.INTERNAL), {"ErrorComment": "bridge internal error"}
             )
             dataset = None

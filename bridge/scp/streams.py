@@ -24,9 +24,9 @@ from pynetdicom.presentation import PresentationContext
 
 from bridge.config import AETable
 from bridge.errors import BridgeError, CodecError, Failure, ReplyError
-from bridge.protocol import codec, dicomjson
-from bridge.protocol.codec import Reply
+from bridge.protocol import dicomjson
 from bridge.protocol.model import Category, Service
+from bridge.protocol.reply import Reply, status_dataset
 from bridge.scp.conversation import Conversation
 from bridge.transport.bulkstore import BulkStore
 
@@ -54,13 +54,13 @@ def _failure(conversation: Conversation | None, service: Service, exc: Exception
             "%s failed (%s): %s; answered 0x%04X",
             service.dimse_name, exc.failure.value, exc.message, status, extra=extra,
         )  # fmt: skip
-        return codec.status_dataset(status, {"ErrorComment": exc.comment})
+        return status_dataset(status, {"ErrorComment": exc.comment})
     status = service.spec.failure_status(Failure.INTERNAL)
     log.error(
         "%s failed: internal error; answered 0x%04X", service.dimse_name, status,
         exc_info=exc, extra=extra,
     )  # fmt: skip
-    return codec.status_dataset(status, {"ErrorComment": "bridge internal error"})
+    return status_dataset(status, {"ErrorComment": "bridge internal error"})
 
 
 def _cancelled(conversation: Conversation) -> Dataset:
@@ -69,7 +69,7 @@ def _cancelled(conversation: Conversation) -> Dataset:
         "%s cancelled by the peer", conversation.service.dimse_name,
         extra={"correlation_id": conversation.id},
     )  # fmt: skip
-    return codec.status_dataset(CANCEL)
+    return status_dataset(CANCEL)
 
 
 def handle_find(event: Event, start: Start) -> Iterator[FindResult]:
@@ -98,7 +98,7 @@ def _find(event: Event, conversation: Conversation) -> Iterator[FindResult]:
         if reply is None:
             yield _cancelled(conversation), None
             return
-        status = codec.status_dataset(reply.status, reply.elements)
+        status = status_dataset(reply.status, reply.elements)
         if reply.final:
             yield status, None
             return
@@ -166,12 +166,12 @@ class _Retrieval:
 
     def _final(self, reply: Reply) -> Iterator[tuple[Dataset | int, Any]]:
         if reply.category is not Category.SUCCESS:
-            yield codec.status_dataset(reply.status, reply.elements), None
+            yield status_dataset(reply.status, reply.elements), None
         elif self.delivered < self.announced:
             # pynetdicom counts the missing ones as failed sub-operations.
             status = 0xB000 if self.delivered else 0xA702
             comment = f"consumer sent {self.delivered} of {self.announced} instances"
-            yield codec.status_dataset(status, {"ErrorComment": comment[:64]}), None
+            yield status_dataset(status, {"ErrorComment": comment[:64]}), None
         # else: pynetdicom sends the final status from its sub-operation counts
 
 
@@ -197,7 +197,7 @@ def handle_get(event: Event, start: Start, store: BulkStore) -> Iterator[Any]:
                 yield 0  # no matches: pynetdicom answers Success with zero counts
                 return
             yield 1
-            yield codec.status_dataset(first.status, first.elements), None
+            yield status_dataset(first.status, first.elements), None
             return
         counted = True
         yield retrieval.announced
@@ -260,7 +260,7 @@ def handle_move(event: Event, start: Start, store: BulkStore, ae_table: AETable)
                 yield 0
                 return
             yield 1
-            yield codec.status_dataset(first.status, first.elements), None
+            yield status_dataset(first.status, first.elements), None
             return
         yield retrieval.announced
         assert conversation is not None

@@ -65,7 +65,7 @@ from pydicom.dataset import Dataset
 from bridge.errors import BridgeError, BrokerUnavailable, Unroutable
 from bridge.protocol import command as commands
 from bridge.protocol import dicomjson
-from bridge.protocol.codec import iso_time
+from bridge.protocol.envelope import iso_time
 from bridge.protocol.model import Service
 from bridge.transport import broker
 from bridge.transport.bulkstore import DirectoryStore, path_of, read_uri

@@ -63,8 +63,10 @@ from pydicom.dataset import Dataset
 
 from bridge.errors import CodecError, Failure
 from bridge.ops import tracing
-from bridge.protocol import codec, dicomjson
+from bridge.protocol import dicomjson
+from bridge.protocol.envelope import parse_envelope
 from bridge.protocol.model import Service, routing_word
+from bridge.protocol.reply import build_reply
 from bridge.sdk.replies import (
     BulkSink,
     Response,
@@ -419,7 +421,7 @@ class Consumer:
         self.stats.poison += 1
         service = Service.C_ECHO
         with contextlib.suppress(CodecError, KeyError, ValueError):
-            service = Service(codec.parse_envelope(message.body)["service"])
+            service = Service(parse_envelope(message.body)["service"])
         log.error(
             "request delivered %d times without an answer: dead-lettered, handler not run",
             deliveries + 1,
@@ -428,7 +430,7 @@ class Consumer:
         if not service.spec.streamed:
             await self._reply(
                 message,
-                codec.build_reply(
+                build_reply(
                     service.spec.failure_status(Failure.INTERNAL),
                     elements={"error_comment": f"consumers failed {deliveries + 1} times"},
                 ),
@@ -442,19 +444,17 @@ class Consumer:
             log.warning("request past its deadline skipped", extra=_ids(message))
             return
         try:
-            request = Request(codec.parse_envelope(message.body), message.headers)
+            request = Request(parse_envelope(message.body), message.headers)
         except CodecError as exc:
             self.stats.failed += 1
             log.warning("unusable envelope: %s", exc.message, extra=_ids(message))
-            await self._reply(
-                message, codec.build_reply(0x0110, elements={"error_comment": exc.comment})
-            )
+            await self._reply(message, build_reply(0x0110, elements={"error_comment": exc.comment}))
             return
         registration = next((r for r in self.registrations if r.matches(request)), None)
         spec = request.service.spec
         if registration is None:
             self.stats.failed += 1
-            body = codec.build_reply(
+            body = build_reply(
                 spec.failure_status(Failure.INTERNAL),
                 elements={"error_comment": "no handler for this request"},
             )
@@ -472,7 +472,7 @@ class Consumer:
             "%s handler failed", request.service.dimse_name, exc_info=exc,
             extra={"correlation_id": request.id},
         )  # fmt: skip
-        return codec.build_reply(
+        return build_reply(
             request.service.spec.failure_status(Failure.INTERNAL),
             elements={"error_comment": f"consumer error: {type(exc).__name__}"[:64]},
         )

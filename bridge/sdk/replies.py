@@ -20,8 +20,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from bridge.protocol import codec, dicomjson
+from bridge.protocol import dicomjson
 from bridge.protocol.model import Service
+from bridge.protocol.reply import build_reply
+from bridge.protocol.values import tag_text
 
 PENDING = 0xFF00
 BulkSink = dicomjson.BulkDataSink
@@ -56,7 +58,7 @@ class Response:
             if self.dataset is None
             else dicomjson.dataset_to_json(self.dataset, bulk_data=bulk_data)
         )
-        return codec.build_reply(self.status, dataset=dataset, elements=elements)
+        return build_reply(self.status, dataset=dataset, elements=elements)
 
 
 Instance = Dataset | str | os.PathLike[str]
@@ -73,7 +75,7 @@ class Retrieval:
 
 
 def _tags(tags: list[int] | None) -> list[str] | None:
-    return None if tags is None else [codec.tag_text(t) for t in tags]
+    return None if tags is None else [tag_text(t) for t in tags]
 
 
 def to_response(result: Any) -> Response:
@@ -97,14 +99,14 @@ def find_replies(result: Any, bulk_data: BulkSink | None = None) -> Iterator[byt
         response = to_response(result)
         yield response.encode(bulk_data)
         if response.pending:
-            yield codec.build_reply(0x0000)
+            yield build_reply(0x0000)
         return
     for item in result:
         response = Response(PENDING, item) if isinstance(item, Dataset) else to_response(item)
         yield response.encode(bulk_data)
         if not response.pending:
             return
-    yield codec.build_reply(0x0000)
+    yield build_reply(0x0000)
 
 
 def _header(item: Instance) -> tuple[str, str]:
@@ -149,7 +151,7 @@ def retrieve_replies(
     retrieval = result if isinstance(result, Retrieval) else Retrieval(result or ())
     items = list(retrieval.instances)
     if not items:
-        yield codec.build_reply(0x0000)
+        yield build_reply(0x0000)
         return
     first: dict[str, Any] = {"sub_operations": len(items), **retrieval.extra}
     if service is Service.C_MOVE:
@@ -157,12 +159,12 @@ def retrieve_replies(
         if retrieval.destination is not None:
             host, port = retrieval.destination
             first["destination"] = {"host": host, "port": port}
-    yield codec.build_reply(PENDING, elements=first)
+    yield build_reply(PENDING, elements=first)
     for item in items:
         dataset, syntax = _load(item)
-        yield codec.build_reply(
+        yield build_reply(
             PENDING,
             dataset=dicomjson.dataset_to_json(dataset, bulk_data=bulk_data),
             elements={"transfer_syntax_uid": syntax},
         )
-    yield codec.build_reply(0x0000)
+    yield build_reply(0x0000)

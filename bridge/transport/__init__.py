@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-HeaderValue = str | int | float | bool | None
+from bridge.protocol.envelope import HeaderValue
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Reply parsing agrees with the reply JSON Schema, and turns into what pynetdicom expects."""
+"""Reply parsing agrees with the reply JSON Schema, and turns into what pynetdicom expects
+(bridge/protocol/reply.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
-from bridge.errors import CodecError, ReplyError
-from bridge.protocol import codec
+from bridge.errors import ReplyError
 from bridge.protocol.model import SPECS, Category, Service
+from bridge.protocol.reply import build_reply, parse_reply, reply_to_dimse
 from tests.schemas import REPLY
 
 # A service whose replies may carry every reply field but one: N-CREATE allows
@@ -67,13 +68,13 @@ replies = st.dictionaries(
     document=replies,
     service=st.sampled_from([Service.N_GET, Service.N_CREATE, Service.C_MOVE, Service.C_FIND]),
 )
-def test_codec_never_accepts_what_the_schema_refuses(
+def test_parser_never_accepts_what_the_schema_refuses(
     document: dict[str, Any], service: Service
 ) -> None:
     body = orjson.dumps(document)
     schema_ok = REPLY.is_valid(document)
     try:
-        reply = codec.parse_reply(body, SPECS[service])
+        reply = parse_reply(body, SPECS[service])
     except ReplyError:
         return
     assert schema_ok, document
@@ -91,9 +92,9 @@ def test_codec_never_accepts_what_the_schema_refuses(
         {"status": 0, "dataset": {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "A^B"}]}}},
     ],
 )
-def test_valid_replies_pass_both_schema_and_codec(document: dict[str, Any]) -> None:
+def test_valid_replies_pass_both_schema_and_parser(document: dict[str, Any]) -> None:
     REPLY.validate(document)
-    reply = codec.parse_reply(orjson.dumps(document), SPECS[Service.N_GET])
+    reply = parse_reply(orjson.dumps(document), SPECS[Service.N_GET])
     assert reply.status == document["status"]
 
 
@@ -106,14 +107,14 @@ def test_reply_elements_become_dimse_keywords() -> None:
             "attribute_identifier_list": ["00100010"],
         }
     )
-    reply = codec.parse_reply(body, SPECS[Service.N_GET])
+    reply = parse_reply(body, SPECS[Service.N_GET])
     assert reply.category is Category.WARNING
     assert reply.elements == {
         "ErrorComment": "partial",
         "ErrorID": 5,
         "AttributeIdentifierList": [0x00100010],
     }
-    status, dataset = codec.reply_to_dimse(reply, SPECS[Service.N_GET])
+    status, dataset = reply_to_dimse(reply, SPECS[Service.N_GET])
     assert status.Status == 0x0107
     assert status.AttributeIdentifierList == 0x00100010
     assert dataset is None
@@ -123,34 +124,32 @@ def test_failure_reply_drops_dataset() -> None:
     body = orjson.dumps(
         {"status": 0x0110, "dataset": {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "X"}]}}}
     )
-    reply = codec.parse_reply(body, SPECS[Service.N_ACTION])
-    _, dataset = codec.reply_to_dimse(reply, SPECS[Service.N_ACTION])
+    reply = parse_reply(body, SPECS[Service.N_ACTION])
+    _, dataset = reply_to_dimse(reply, SPECS[Service.N_ACTION])
     assert dataset is None
 
 
 def test_n_create_instance_uid_rules() -> None:
     spec = SPECS[Service.N_CREATE]
-    with_uid = codec.parse_reply(b'{"status": 0, "affected_sop_instance_uid": "1.2.3"}', spec)
-    status, dataset = codec.reply_to_dimse(with_uid, spec, request_instance_uid=None)
+    with_uid = parse_reply(b'{"status": 0, "affected_sop_instance_uid": "1.2.3"}', spec)
+    status, dataset = reply_to_dimse(with_uid, spec, request_instance_uid=None)
     assert status.AffectedSOPInstanceUID == "1.2.3"
     assert dataset is not None
     assert dataset.AffectedSOPInstanceUID == "1.2.3"
     # The request named the instance: the reply may repeat it, not change it.
-    status, dataset = codec.reply_to_dimse(with_uid, spec, request_instance_uid="1.2.3")
+    status, dataset = reply_to_dimse(with_uid, spec, request_instance_uid="1.2.3")
     assert dataset is None or "AffectedSOPInstanceUID" not in dataset
     with pytest.raises(ReplyError, match="differs"):
-        codec.reply_to_dimse(with_uid, spec, request_instance_uid="1.2.4")
-    bare = codec.parse_reply(b'{"status": 0}', spec)
+        reply_to_dimse(with_uid, spec, request_instance_uid="1.2.4")
+    bare = parse_reply(b'{"status": 0}', spec)
     with pytest.raises(ReplyError, match="needs affected_sop_instance_uid"):
-        codec.reply_to_dimse(bare, spec, request_instance_uid=None)
+        reply_to_dimse(bare, spec, request_instance_uid=None)
 
 
 def test_reply_dataset_that_does_not_decode_is_a_reply_error() -> None:
-    reply = codec.parse_reply(
-        b'{"status": 0, "dataset": {"zz": {"vr": "PN"}}}', SPECS[Service.N_GET]
-    )
+    reply = parse_reply(b'{"status": 0, "dataset": {"zz": {"vr": "PN"}}}', SPECS[Service.N_GET])
     with pytest.raises(ReplyError, match="reply dataset"):
-        codec.reply_to_dimse(reply, SPECS[Service.N_GET])
+        reply_to_dimse(reply, SPECS[Service.N_GET])
 
 
 def test_build_reply_round_trips_through_parse() -> None:
@@ -158,30 +157,9 @@ def test_build_reply_round_trips_through_parse() -> None:
     ds.PatientName = "Doe^John"
     from bridge.protocol.dicomjson import dataset_to_json
 
-    body = codec.build_reply(
+    body = build_reply(
         0, dataset=dataset_to_json(ds), elements={"error_comment": "ok", "error_id": None}
     )
     REPLY.validate(orjson.loads(body))
-    reply = codec.parse_reply(body, SPECS[Service.N_SET])
+    reply = parse_reply(body, SPECS[Service.N_SET])
     assert reply.elements == {"ErrorComment": "ok"}
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        (b"nope", "not JSON"),
-        (b"[]", "not a JSON object"),
-        (b'{"version": 2, "service": "c-echo"}', "unsupported envelope version"),
-        (b'{"version": 1, "service": "c-fetch"}', "no known service"),
-    ],
-)
-def test_parse_envelope_refuses_garbage(body: bytes, message: str) -> None:
-    with pytest.raises(CodecError, match=message):
-        codec.parse_envelope(body)
-
-
-def test_iso_time_is_utc_with_microseconds() -> None:
-    from datetime import UTC, datetime
-
-    moment = datetime(2026, 11, 28, 4, 36, 40, 123456, tzinfo=UTC)
-    assert codec.iso_time(moment) == "2026-11-28T04:36:40.123456Z"
