@@ -2,7 +2,7 @@
 
 ``import bridge`` loads the errors and the service vocabulary only. The consumer SDK's
 names (``Consumer``, ``Request``, ``Response``) are loaded on first use, so that the
-settings, the codec and the CLI's help do not pull in aio-pika.
+settings and the protocol modules do not pull in aio-pika.
 """
 
 from __future__ import annotations

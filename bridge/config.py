@@ -324,7 +324,7 @@ class BridgeSettings(BrokerSettings, CommandOptions):
     sop_classes: Annotated[tuple[str, ...], NoDecode] = Field(
         sopclasses.DEFAULT_SELECTION,
         description="Comma-separated SOP classes to accept: groups (verification, storage, "
-        "n-services), keywords (CTImageStorage) or UIDs.",
+        "n-services, query-retrieve), keywords (CTImageStorage) or UIDs.",
     )
     max_associations: int = Field(
         64, ge=1, le=10000, description="Concurrent associations accepted."

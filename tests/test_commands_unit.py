@@ -502,6 +502,8 @@ def test_client_shorthands_follow_the_builders() -> None:
             assert method.__name__ == shorthand
             assert inspect.signature(method) == inspect.signature(builder)
             assert builder.__doc__ in method.__doc__
+            # The shorthands' first argument was always named ``ae``: callers pass it so.
+            assert next(iter(inspect.signature(method).parameters)) == "ae"
     assert inspect.iscoroutinefunction(CommandClient.send)
     echo = client.send_echo("PACS")
     assert inspect.iscoroutine(echo)

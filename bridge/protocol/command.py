@@ -729,13 +729,13 @@ def _requested(
     )
 
 
-def echo(ae_title: str, **options: Unpack[BuildOptions]) -> JSONDict:
+def echo(ae: str, **options: Unpack[BuildOptions]) -> JSONDict:
     """C-ECHO."""
-    return build(Service.C_ECHO, ae_title, **options)
+    return build(Service.C_ECHO, ae, **options)
 
 
 def store(
-    ae_title: str,
+    ae: str,
     dataset: DatasetLike,
     *,
     priority: int | None = None,
@@ -751,7 +751,7 @@ def store(
         transfer_syntax_uid = str(syntax) if syntax else None
     return build(
         Service.C_STORE,
-        ae_title,
+        ae,
         datasets={"dataset": dataset},
         transfer_syntax_uid=transfer_syntax_uid,
         **_options(
@@ -764,7 +764,7 @@ def store(
 
 
 def event_report(
-    ae_title: str,
+    ae: str,
     event_type_id: int,
     event_information: DatasetLike | None,
     *,
@@ -777,7 +777,7 @@ def event_report(
     unless ``role="scu"``."""
     return build(
         Service.N_EVENT_REPORT,
-        ae_title,
+        ae,
         datasets={"event_information": event_information},
         role=role,
         **_options(
@@ -790,7 +790,7 @@ def event_report(
 
 
 def action(
-    ae_title: str,
+    ae: str,
     action_type_id: int,
     action_information: DatasetLike | None,
     *,
@@ -801,14 +801,14 @@ def action(
     """N-ACTION."""
     return build(
         Service.N_ACTION,
-        ae_title,
+        ae,
         datasets={"action_information": action_information},
         **_requested(options, sop_class_uid, sop_instance_uid, action_type_id=action_type_id),
     )
 
 
 def create(
-    ae_title: str,
+    ae: str,
     attribute_list: DatasetLike | None,
     *,
     sop_class_uid: str,
@@ -818,7 +818,7 @@ def create(
     """N-CREATE; without ``sop_instance_uid`` the peer assigns one."""
     return build(
         Service.N_CREATE,
-        ae_title,
+        ae,
         datasets={"attribute_list": attribute_list},
         **_options(
             options,
@@ -829,7 +829,7 @@ def create(
 
 
 def set(  # the service's name, shadowing the builtin here: see the section's comment
-    ae_title: str,
+    ae: str,
     modification_list: DatasetLike,
     *,
     sop_class_uid: str,
@@ -839,14 +839,14 @@ def set(  # the service's name, shadowing the builtin here: see the section's co
     """N-SET."""
     return build(
         Service.N_SET,
-        ae_title,
+        ae,
         datasets={"modification_list": modification_list},
         **_requested(options, sop_class_uid, sop_instance_uid),
     )
 
 
 def get(
-    ae_title: str,
+    ae: str,
     attribute_identifier_list: Sequence[int] | None = None,
     *,
     sop_class_uid: str,
@@ -859,20 +859,20 @@ def get(
         tags = [f"{tag:08X}" for tag in attribute_identifier_list]
     return build(
         Service.N_GET,
-        ae_title,
+        ae,
         **_requested(options, sop_class_uid, sop_instance_uid, attribute_identifier_list=tags),
     )
 
 
 def delete(
-    ae_title: str, *, sop_class_uid: str, sop_instance_uid: str, **options: Unpack[BuildOptions]
+    ae: str, *, sop_class_uid: str, sop_instance_uid: str, **options: Unpack[BuildOptions]
 ) -> JSONDict:
     """N-DELETE."""
-    return build(Service.N_DELETE, ae_title, **_requested(options, sop_class_uid, sop_instance_uid))
+    return build(Service.N_DELETE, ae, **_requested(options, sop_class_uid, sop_instance_uid))
 
 
 def find(
-    ae_title: str,
+    ae: str,
     identifier: DatasetLike,
     *,
     query_model: str | None = "study-root",
@@ -884,7 +884,7 @@ def find(
     ...) or ``sop_class_uid`` names the information model."""
     return build(
         Service.C_FIND,
-        ae_title,
+        ae,
         datasets={"identifier": identifier},
         query_model=None if sop_class_uid else query_model,
         **_options(options, affected_sop_class_uid=sop_class_uid, priority=priority),
