@@ -36,7 +36,7 @@ from pynetdicom.status import code_to_category
 from bridge.errors import BridgeError, Failure
 from bridge.protocol import dicomjson, sopclasses
 from bridge.protocol.model import ENVELOPE_VERSION, Service, routing_word
-from bridge.protocol.values import is_ae_title, is_tag_text, is_uid
+from bridge.protocol.values import is_ae_title, is_tag_text, is_uid, json_object
 
 JSONDict = dict[str, Any]
 
@@ -369,12 +369,7 @@ def parse_command(body: bytes, *, default_id: str | None = None) -> Command:
     it has no ``id``. Raises :class:`CommandError` (``bad-command``) naming the first
     problem; datasets are only checked to be objects here (see :func:`decode_datasets`).
     """
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise _bad("command is not JSON") from None
-    if not isinstance(document, dict):
-        raise _bad("command is not a JSON object")
+    document = json_object(body, "command", _bad)
     if document.get("version") != COMMAND_VERSION:
         raise _bad(f"command needs version {COMMAND_VERSION}")
     try:

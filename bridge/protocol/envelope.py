@@ -21,7 +21,7 @@ from pydicom.tag import BaseTag, Tag
 from bridge.errors import CodecError
 from bridge.protocol import dicomjson, sopclasses
 from bridge.protocol.model import ENVELOPE_VERSION, Service, routing_key
-from bridge.protocol.values import tag_text
+from bridge.protocol.values import json_object, tag_text
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -422,12 +422,7 @@ def check_query_level(model: str | None, identifier: JSONDict | None) -> str | N
 def parse_envelope(body: bytes) -> JSONDict:
     """Decode an envelope (consumer side) into its document, checking only its version
     and service. Raises CodecError for anything unusable."""
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise CodecError("envelope is not JSON") from exc
-    if not isinstance(document, dict):
-        raise CodecError("envelope is not a JSON object")
+    document = json_object(body, "envelope", CodecError)
     if document.get("version") != ENVELOPE_VERSION:
         raise CodecError(f"unsupported envelope version {document.get('version')!r}")
     try:

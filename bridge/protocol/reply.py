@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from bridge.errors import CodecError, ReplyError
 from bridge.protocol import dicomjson
 from bridge.protocol.model import ENVELOPE_VERSION, Category, Service, ServiceSpec
-from bridge.protocol.values import is_tag_text, is_uid
+from bridge.protocol.values import is_tag_text, is_uid, json_object
 
 JSONDict = dict[str, Any]
 
@@ -125,12 +125,7 @@ def parse_reply(body: bytes, spec: ServiceSpec) -> Reply:
     Raises :class:`~bridge.errors.ReplyError` with a message fit for the peer's Error
     Comment (no values from the reply) when the reply is not usable.
     """
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ReplyError("consumer reply is not JSON") from None
-    if not isinstance(document, dict):
-        raise ReplyError("consumer reply is not a JSON object")
+    document = json_object(body, "consumer reply", ReplyError)
     version = document.get("version", ENVELOPE_VERSION)
     if version != ENVELOPE_VERSION:
         raise ReplyError("consumer reply has an unsupported version")

@@ -11,12 +11,18 @@ The differences are named checks, each saying who uses it and why:
   :data:`TAG_KEY` is a key or AT value of the DICOM JSON Model.
 - AE titles: :func:`is_ae_title` is PS3.5's AE (the bridge's own title, commands);
   :func:`fits_ae_title` checks the length alone (the AE table, the calling-AE allow-list).
+
+And the first check of every JSON document that crosses the broker (envelope, reply,
+command): :func:`json_object`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
 
 UID_MAX_LENGTH: Final = 64
 AE_TITLE_MAX_LENGTH: Final = 16
@@ -80,3 +86,16 @@ def fits_ae_title(text: str) -> bool:
     are. The AE table and the calling-AE allow-list have only ever checked this (the
     allow-list also refuses a backslash); both only look up titles that peers sent."""
     return 0 < len(text) <= AE_TITLE_MAX_LENGTH
+
+
+def json_object(body: bytes, what: str, error: Callable[[str], Exception]) -> dict[str, Any]:
+    """``body`` decoded as a JSON object. Raises ``error("<what> is not JSON")`` or
+    ``error("<what> is not a JSON object")``: messages without values, safe to log and to
+    send."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise error(f"{what} is not JSON") from None
+    if not isinstance(document, dict):
+        raise error(f"{what} is not a JSON object")
+    return document

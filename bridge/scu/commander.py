@@ -191,12 +191,10 @@ class Commander:
             s.amqp_url, purpose="commander", robust=True, ssl_context=self._ssl_context
         )
         self._connection = connection
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=s.command_concurrency)
-        self._reply_channel = await connection.channel(
-            publisher_confirms=True, on_return_raises=True
+        channels = await broker.work_channels(
+            connection, prefetch=s.command_concurrency, exchange=s.exchange
         )
-        exchange = await broker.declare_exchange(channel, s.exchange)
+        channel, exchange, self._reply_channel = channels.work, channels.exchange, channels.replies
         await self._declare_dead_letters(channel)
         queue = await channel.declare_queue(
             s.commands_queue,

@@ -294,12 +294,10 @@ class Consumer:
         self._connection = connection
         # Requests arrive alone on this channel: every delivery tag on it is a request's,
         # which is what lets _Acks acknowledge a contiguous run of them with one frame.
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=self.prefetch)
-        self._reply_channel = await connection.channel(
-            publisher_confirms=True, on_return_raises=True
+        channels = await broker.work_channels(
+            connection, prefetch=self.prefetch, exchange=self.exchange
         )
-        exchange = await broker.declare_exchange(channel, self.exchange)
+        channel, exchange, self._reply_channel = channels.work, channels.exchange, channels.replies
         if self.exclusive:
             queue = await channel.declare_queue(self.queue, exclusive=True, auto_delete=True)
         else:

@@ -213,6 +213,29 @@ async def declare_exchange(channel: AbstractChannel, name: str) -> AbstractExcha
     return await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
 
 
+@dataclass(frozen=True)
+class WorkChannels:
+    """The channels of a process that takes work from a queue and answers it (the consumer
+    SDK, the commander)."""
+
+    work: AbstractChannel
+    """Deliveries, at most ``prefetch`` unacknowledged; queues are declared on it."""
+    replies: AbstractChannel
+    """Publisher confirms on, a returned (unroutable) reply raised."""
+    exchange: AbstractExchange
+    """The topic exchange, declared on ``work``."""
+
+
+async def work_channels(
+    connection: AbstractConnection, *, prefetch: int, exchange: str
+) -> WorkChannels:
+    """Open the work and reply channels on ``connection`` and declare ``exchange``."""
+    work = await connection.channel()
+    await work.set_qos(prefetch_count=prefetch)
+    replies = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    return WorkChannels(work, replies, await declare_exchange(work, exchange))
+
+
 # -- publishing ---------------------------------------------------------------------------
 
 
