@@ -6,14 +6,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from io import BytesIO
 
 import orjson
 import pytest
 from pydicom import examples
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     ModalityPerformedProcedureStep,
@@ -30,6 +28,7 @@ from tests.harness import (
     Recorder,
     TcpProxy,
     association,
+    send_raw_store,
     timed,
 )
 
@@ -201,29 +200,6 @@ def test_consumer_exception_becomes_failure_status(
     assert status.ErrorComment == "consumer error: ValueError"
 
 
-def _send_raw_store(assoc: Association, payload: bytes) -> int:
-    """Send a C-STORE whose data set is ``payload`` as is, bypassing pydicom's encoder."""
-    request = C_STORE()
-    request.MessageID = 99
-    request.AffectedSOPClassUID = CTImageStorage
-    request.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.77"
-    request.Priority = 2
-    request.DataSet = BytesIO(payload)
-    context_id = assoc._get_valid_context(CTImageStorage, "", "scu").context_id
-    assert context_id is not None
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
-    try:
-        assoc.dimse.send_msg(request, context_id)
-        _, response = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
-    assert response is not None
-    assert response.Status is not None
-    return int(response.Status)
-
-
 BROKEN_DATASETS = {
     # (0010,0010) PN with a length far beyond the data (implicit VR little endian)
     "length-overrun": bytes.fromhex("10001000") + (0x7FFFFFF0).to_bytes(4, "little") + b"DOE",
@@ -247,7 +223,7 @@ def test_undecodable_dataset_gives_failure_and_association_survives(
     payload: bytes, bridge: BridgeHarness, recorder: Recorder
 ) -> None:
     with association(bridge.port, CONTEXTS) as assoc:
-        status = _send_raw_store(assoc, payload)
+        status = send_raw_store(assoc, payload)
         assert status == 0xC000
         assert assoc.send_c_store(examples.ct).Status == 0
     assert len(recorder.requests) == 1

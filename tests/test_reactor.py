@@ -23,8 +23,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 
 from bridge._pynetdicom import reactor
 from tests.conftest import BridgeFactory
-from tests.harness import BridgeHarness, Recorder, association
-from tests.test_security import _assoc_rq, _send_raw
+from tests.harness import BridgeHarness, Recorder, assoc_rq, association, send_raw
 
 # sha256 of pynetdicom 3.0.4's loop sources that bridge._pynetdicom.reactor reproduces.
 COPIED: dict[str, tuple[Callable[..., Any], str]] = {
@@ -174,7 +173,7 @@ def test_out_of_order_pdu_aborts_instead_of_killing_the_thread(
     monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
     # A valid A-ASSOCIATE-RQ and bytes that are no PDU: pynetdicom's loop raised
     # InvalidEventError ('Evt7' in 'Sta13') in the DUL thread.
-    _send_raw(bridge.port, _assoc_rq() + b"\x99" * 100)
+    send_raw(bridge.port, assoc_rq() + b"\x99" * 100)
     wait_for(lambda: bridge.running.scp.active_associations == 0, timeout=5.0)
     assert died == []
     with association(bridge.port) as assoc:

@@ -20,7 +20,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from bridge.config import CallingPolicy
 from bridge.errors import ConfigError
 from tests.conftest import BridgeFactory
-from tests.harness import BridgeHarness, Recorder, association
+from tests.harness import BridgeHarness, Recorder, assoc_rq, association, send_raw
 
 
 def _associate(port: int, calling: str = "TEST-SCU", called: str = "DICOM-BRIDGE") -> Any:
@@ -167,32 +167,13 @@ def test_request_rate_limit_per_association(make_bridge: BridgeFactory, recorder
 # -- hostile bytes on the DICOM port ------------------------------------------------------
 
 
-def _send_raw(port: int, payload: bytes) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        try:
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-            sock.settimeout(2)
-            while sock.recv(4096):
-                pass
-        except OSError:
-            pass
-
-
-def _assoc_rq(body_tail: bytes = b"") -> bytes:
-    """An A-ASSOCIATE-RQ header with fixed fields, then ``body_tail`` as its items."""
-    fixed = struct.pack(">HH", 1, 0) + b"DICOM-BRIDGE".ljust(16) + b"FUZZER".ljust(16) + bytes(32)
-    body = fixed + body_tail
-    return b"\x01\x00" + struct.pack(">L", len(body)) + body
-
-
 CRAFTED = {
     "unknown-pdu-type": b"\x09\x00\x00\x00\x00\x04abcd",
     "truncated-header": b"\x01\x00\x00",
     "rq-shorter-than-declared": b"\x01\x00\x00\x00\x10\x00" + b"\x00" * 20,
-    "rq-garbage-items": _assoc_rq(b"\x10\x00\x00\x15" + b"\xff" * 40),
-    "rq-item-length-overrun": _assoc_rq(b"\x20\x00\xff\xff\x01\x00"),
-    "garbage-after-valid-rq": _assoc_rq() + b"\x99" * 100,
+    "rq-garbage-items": assoc_rq(b"\x10\x00\x00\x15" + b"\xff" * 40),
+    "rq-item-length-overrun": assoc_rq(b"\x20\x00\xff\xff\x01\x00"),
+    "garbage-after-valid-rq": assoc_rq() + b"\x99" * 100,
     "p-data-before-association": b"\x04\x00\x00\x00\x00\x06\x00\x00\x00\x02\x01\x03",
     "huge-declared-rq": b"\x01\x00\xff\xff\xff\xff" + b"\x00" * 32,
 }
@@ -202,7 +183,7 @@ CRAFTED = {
 def test_malformed_pdus_never_take_the_bridge_down(
     payload: bytes, bridge: BridgeHarness, recorder: Recorder
 ) -> None:
-    _send_raw(bridge.port, payload)
+    send_raw(bridge.port, payload)
     with association(bridge.port) as assoc:
         assert assoc.send_c_echo().Status == 0
 
@@ -217,7 +198,7 @@ def test_malformed_pdus_never_take_the_bridge_down(
     )
 )
 def test_random_bytes_never_take_the_bridge_down(data: bytes, bridge: BridgeHarness) -> None:
-    _send_raw(bridge.port, data)
+    send_raw(bridge.port, data)
     ae, assoc = _associate(bridge.port)
     try:
         assert assoc.is_established
