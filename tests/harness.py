@@ -32,6 +32,7 @@ from bridge.config import BridgeSettings
 from bridge.ops import service
 from bridge.protocol.model import Service
 from bridge.sdk.consumer import Consumer, Handler, Request
+from tests.waiting import eventually
 
 T = TypeVar("T")
 
@@ -241,8 +242,7 @@ def send_raw_store(assoc: Association, payload: bytes) -> int:
     context_id = assoc._get_valid_context(CTImageStorage, "", "scu").context_id
     assert context_id is not None
     assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
+    eventually(lambda: assoc._is_paused, "the association's reactor paused", interval=0.0001)
     try:
         assoc.dimse.send_msg(request, context_id)
         _, response = assoc.dimse.get_msg(block=True)

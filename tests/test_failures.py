@@ -31,6 +31,7 @@ from tests.harness import (
     send_raw_store,
     timed,
 )
+from tests.waiting import eventually
 
 INSTANCE = "1.2.826.0.1.3680043.8.498.1"
 CONTEXTS = [
@@ -105,10 +106,9 @@ def test_no_reply_within_timeout_fails_and_late_reply_is_dropped(
         assert 0.9 < elapsed < 2.5
         # The consumer answers after all: the reply is late, dropped and counted.
         silent.publish_reply(silent.messages[0], b'{"status": 0}')
-        deadline = time.monotonic() + 5
-        while harness.running.transport.stats.late_replies < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert harness.running.transport.stats.late_replies == 1
+        stats = harness.running.transport.stats
+        eventually(lambda: stats.late_replies >= 1, "the late reply counted")
+        assert stats.late_replies == 1
         assert harness.running.transport.in_flight == 0
         assert assoc.is_established
 
@@ -257,8 +257,10 @@ def test_connection_loss_fails_in_flight_requests_promptly(
     proxy = TcpProxy(("127.0.0.1", 5672))
     proxy.start()
     release = threading.Event()
+    arrived = threading.Event()
 
     def slow(request: Request) -> int:
+        arrived.set()
         release.wait(10)
         return 0
 
@@ -276,7 +278,7 @@ def test_connection_loss_fails_in_flight_requests_promptly(
 
         worker = threading.Thread(target=send)
         worker.start()
-        time.sleep(1.0)  # the request is in flight, waiting for the slow consumer
+        assert arrived.wait(10), "the request did not reach the consumer"  # now in flight
         cut = time.perf_counter()
         proxy.stop()
         worker.join(10)

@@ -24,6 +24,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 from bridge._pynetdicom import reactor
 from tests.conftest import BridgeFactory
 from tests.harness import BridgeHarness, Recorder, assoc_rq, association, send_raw
+from tests.waiting import eventually
 
 # sha256 of pynetdicom 3.0.4's loop sources that bridge._pynetdicom.reactor reproduces.
 COPIED: dict[str, tuple[Callable[..., Any], str]] = {
@@ -36,14 +37,6 @@ COPIED: dict[str, tuple[Callable[..., Any], str]] = {
         "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee",
     ),
 }
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s")
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("name", sorted(COPIED))
@@ -65,7 +58,10 @@ def _thread_cpu(native_id: int | None) -> float:
 
 def _acceptors(bridge: BridgeHarness, count: int) -> list[Association]:
     ae = bridge.running.scp._ae
-    wait_for(lambda: sum(a.is_established for a in ae.active_associations) == count)
+    eventually(
+        lambda: sum(a.is_established for a in ae.active_associations) == count,
+        f"{count} associations established",
+    )
     return list(ae.active_associations)
 
 
@@ -123,7 +119,9 @@ def test_requests_back_to_back_and_release(any_bridge: BridgeHarness, recorder: 
     assert len(recorder.requests) == 40
     # 40 broker round trips; a lost wake-up would cost IDLE_WAKE (20 ms) each.
     assert elapsed < 40 * reactor.IDLE_WAKE, f"{elapsed:.2f} s for 40 requests"
-    wait_for(lambda: any_bridge.running.scp.active_associations == 0, timeout=2.0)
+    eventually(
+        lambda: any_bridge.running.scp.active_associations == 0, "no association left", timeout=2.0
+    )
 
 
 def test_peer_abort_ends_the_association(any_bridge: BridgeHarness) -> None:
@@ -135,7 +133,11 @@ def test_peer_abort_ends_the_association(any_bridge: BridgeHarness) -> None:
         _acceptors(any_bridge, 1)
         assoc.abort()
         started = time.perf_counter()
-        wait_for(lambda: any_bridge.running.scp.active_associations == 0, timeout=2.0)
+        eventually(
+            lambda: any_bridge.running.scp.active_associations == 0,
+            "no association left",
+            timeout=2.0,
+        )
         assert time.perf_counter() - started < 0.5
         assert not any_bridge.running.scp._guards, "EVT_CONN_CLOSE did not run"
     finally:
@@ -148,7 +150,7 @@ def test_network_timeout_still_fires(make_bridge: BridgeFactory, event_reactors:
     bridge.wait_ready()
     with association(bridge.port) as assoc:
         started = time.perf_counter()
-        wait_for(lambda: not assoc.is_established, timeout=5.0)
+        eventually(lambda: not assoc.is_established, "the association ended", timeout=5.0)
         assert 0.9 < time.perf_counter() - started < 3.0
 
 
@@ -160,7 +162,9 @@ def test_many_associations_open_and_close(make_bridge: BridgeFactory) -> None:
         with association(bridge.port):
             pass
     per_association = (time.perf_counter() - started) / 20
-    wait_for(lambda: bridge.running.scp.active_associations == 0, timeout=2.0)
+    eventually(
+        lambda: bridge.running.scp.active_associations == 0, "no association left", timeout=2.0
+    )
     # Set-up and release must not wait for a timer tick: a missed wake-up of the DUL
     # (stop_dul, Sta13) would add IDLE_WAKE or more to each.
     assert per_association < 0.25, f"{per_association * 1000:.0f} ms per association"
@@ -174,7 +178,9 @@ def test_out_of_order_pdu_aborts_instead_of_killing_the_thread(
     # A valid A-ASSOCIATE-RQ and bytes that are no PDU: pynetdicom's loop raised
     # InvalidEventError ('Evt7' in 'Sta13') in the DUL thread.
     send_raw(bridge.port, assoc_rq() + b"\x99" * 100)
-    wait_for(lambda: bridge.running.scp.active_associations == 0, timeout=5.0)
+    eventually(
+        lambda: bridge.running.scp.active_associations == 0, "no association left", timeout=5.0
+    )
     assert died == []
     with association(bridge.port) as assoc:
         assert assoc.send_c_echo().Status == 0

@@ -24,6 +24,7 @@ from bridge.protocol.model import Service
 from bridge.sdk.consumer import Consumer, Request
 from tests.conftest import BridgeFactory
 from tests.harness import AMQP_URL, BridgeHarness, LoopThread, TcpProxy, association, timed
+from tests.waiting import eventually
 
 
 class Worker:
@@ -176,9 +177,7 @@ def test_poison_request_is_dead_lettered_after_bounded_deliveries(
         results: list[tuple[int, float]] = []
         peer = threading.Thread(target=lambda: results.append(timed(lambda: _echo(harness.port))))
         peer.start()
-        deadline = time.monotonic() + 5
-        while len(deliveries) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually(lambda: len(deliveries) >= 2, "the request delivered twice")
         loop.run(connection.close())  # the crashing consumers are gone...
 
         def handler(request: Request) -> int:
@@ -270,7 +269,6 @@ def test_broker_memory_alarm_fails_publishes_not_replies(
             assert replies[0] in ("running", "blocking"), states
         finally:
             _rabbitmqctl("set_vm_memory_high_watermark", "0.4")
-        deadline = time.monotonic() + 10
-        while harness.running.transport.blocked and time.monotonic() < deadline:
-            time.sleep(0.1)
+        transport = harness.running.transport
+        eventually(lambda: not transport.blocked, "the publisher unblocked", timeout=10)
         assert assoc.send_c_echo().Status == 0

@@ -21,6 +21,7 @@ from bridge.config import CallingPolicy
 from bridge.errors import ConfigError
 from tests.conftest import BridgeFactory
 from tests.harness import BridgeHarness, Recorder, assoc_rq, association, send_raw
+from tests.waiting import eventually
 
 
 def _associate(port: int, calling: str = "TEST-SCU", called: str = "DICOM-BRIDGE") -> Any:
@@ -105,12 +106,12 @@ def test_association_limit(make_bridge: BridgeFactory) -> None:
 
 
 def _aborted_within(assoc: Any, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if assoc.is_aborted or not assoc.is_established:
-            return True
-        time.sleep(0.02)
-    return False
+    return eventually(
+        lambda: assoc.is_aborted or not assoc.is_established,
+        "the association aborted",
+        timeout=seconds,
+        interval=0.02,
+    )
 
 
 def test_pdu_declaring_a_huge_length_aborts_at_once(bridge: BridgeHarness) -> None:
@@ -153,7 +154,7 @@ def test_request_rate_limit_per_association(make_bridge: BridgeFactory, recorder
     harness.wait_ready()
     with association(harness.port) as assoc:
         statuses = [assoc.send_c_echo() for _ in range(12)]
-        time.sleep(1.0)
+        time.sleep(1.0)  # the time under test: a second later the rate allows requests again
         later = assoc.send_c_echo()
     codes = [s.Status for s in statuses]
     assert codes[:5] == [0] * 5
@@ -223,10 +224,11 @@ def test_no_state_is_left_behind_per_association(bridge: BridgeHarness) -> None:
     for _ in range(20):
         with association(bridge.port) as assoc:
             assoc.send_c_echo()
-    deadline = time.monotonic() + 5
     scp = bridge.running.scp
-    while (scp._guards or scp._limiters) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(
+        lambda: not (scp._guards or scp._limiters),
+        lambda: f"no guard or limiter left; left: {scp._guards}, {scp._limiters}",
+    )
     assert not scp._guards
     assert not scp._limiters
     assert alive() <= before + 2
@@ -238,7 +240,8 @@ def test_a_bare_tcp_connection_does_not_hold_up_the_drain(
     harness = make_bridge(drain_timeout=10.0)
     harness.wait_ready()
     with socket.create_connection(("127.0.0.1", harness.port)):  # a port probe, no A-ASSOCIATE
-        time.sleep(0.2)
+        scp = harness.running.scp
+        eventually(lambda: scp.active_associations == 1, "the bridge accepted the connection")
         started = time.monotonic()
         harness._loop.run(harness.running.drain(), timeout=30)
         assert time.monotonic() - started < 2.0
