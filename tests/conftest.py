@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,8 +24,14 @@ from tests.harness import (
 def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Bridges and consumers that tests start as processes keep their spool, claim-check
     and example store in this session's temp dir, take a free HTTP port and leave the
-    shared commands queue alone."""
+    shared commands queue alone.
+
+    The temporary directory of this process and of those it starts is in the session's
+    temp dir too: what a library leaves there goes with it (pynetdicom, for one, keeps
+    each data set a test's C-GET SCU receives in a temporary file it never deletes)."""
     root = tmp_path_factory.mktemp("state")
+    temporary = root / "tmp"
+    temporary.mkdir()
     values = {
         "BRIDGE_SPOOL_DIR": str(root / "spool"),
         "BRIDGE_BULK_DIR": str(root / "bulk"),
@@ -33,10 +40,13 @@ def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         # The commander's queue is shared and durable: bridges started as processes by
         # tests leave it alone (tests/test_commands.py runs its own on its own queues).
         "BRIDGE_COMMANDS": "false",
+        "TMPDIR": str(temporary),
     }
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
+    saved_tempdir, tempfile.tempdir = tempfile.tempdir, str(temporary)
     yield
+    tempfile.tempdir = saved_tempdir
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
@@ -63,10 +73,11 @@ BridgeFactory = Callable[..., BridgeHarness]
 
 
 @pytest.fixture
-def make_bridge(exchange: str) -> Iterator[BridgeFactory]:
+def make_bridge(exchange: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeFactory]:
     started: list[BridgeHarness] = []
 
     def make(**overrides: Any) -> BridgeHarness:
+        overrides.setdefault("spool_dir", tmp_path_factory.mktemp("bridge-spool"))
         harness = BridgeHarness(bridge_settings(exchange, **overrides))
         started.append(harness)
         return harness

@@ -11,7 +11,6 @@ import contextlib
 import os
 import socket
 import struct
-import tempfile
 import threading
 import time
 import uuid
@@ -97,7 +96,9 @@ class BridgeHarness:
         self._loop.stop()
 
 
-def bridge_settings(exchange: str, **overrides: Any) -> BridgeSettings:
+def bridge_settings(exchange: str, spool_dir: Path, **overrides: Any) -> BridgeSettings:
+    """Settings of a test bridge on ``exchange``, its event spool in ``spool_dir`` (a
+    directory of the test's, which pytest removes)."""
     values: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
@@ -106,7 +107,7 @@ def bridge_settings(exchange: str, **overrides: Any) -> BridgeSettings:
         "reply_timeout": 5.0,
         "http_host": "127.0.0.1",
         "http_port": 0,
-        "spool_dir": Path(tempfile.mkdtemp(prefix="bridge-spool-")),
+        "spool_dir": spool_dir,
         "commands": False,  # tests of commands run their own commander on their own queue
     }
     values.update(overrides)
