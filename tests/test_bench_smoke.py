@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 RUN = Path(__file__).resolve().parents[1] / "bench" / "run.py"
 DICOM_CASES = (
     "n-event-report x1",

@@ -20,6 +20,8 @@ from pydicom.data import get_testdata_file
 from bridge.config import BridgeSettings, ConsumerSettings
 from tests.harness import AMQP_URL, delete_exchange, delete_queue, free_port
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 EXE = str(Path(sys.executable).with_name("dicom-bridge"))
 
 
@@ -217,6 +219,8 @@ def test_serve_on_a_busy_port_exits_with_a_clear_error() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run("serve", "--host", "127.0.0.1", "--port", str(port))
+        # A broker URL where none listens: the port is under test, not the broker.
+        dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+        result = run("serve", "--host", "127.0.0.1", "--port", str(port), "--amqp-url", dead)
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

@@ -310,6 +310,7 @@ def _check_reply(result: CommandResult) -> None:
 # -- C-ECHO and C-STORE against DCMTK -------------------------------------------------------
 
 
+@pytest.mark.process
 def test_echo_and_store_to_dcmtk_storescp(
     make_commander: CommanderFactory, client: CommandClient, tmp_path: Path
 ) -> None:
@@ -336,6 +337,7 @@ def test_echo_and_store_to_dcmtk_storescp(
         assert dataset_to_json(received[original.SOPInstanceUID]) == dataset_to_json(original)
 
 
+@pytest.mark.process
 def test_store_by_claim_check_and_compressed(
     exchange: str, make_commander: CommanderFactory, bulk: DirectoryStore, tmp_path: Path
 ) -> None:

@@ -20,6 +20,8 @@ from tests.conftest import BridgeFactory
 from tests.harness import AMQP_URL, BridgeHarness, LoopThread, free_port
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm"]
 
 

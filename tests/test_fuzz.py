@@ -8,12 +8,15 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from bridge.protocol.dicomjson import dataset_to_json
+
+pytestmark = pytest.mark.process  # every test here starts a process
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 20

@@ -40,6 +40,8 @@ from tests.harness import (
 from tests.schemas import validate_envelope, validate_reply
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 CONSUMER_DIR = Path(__file__).resolve().parent.parent / "examples" / "node-consumer"
 INSTANCE = "1.2.826.0.1.3680043.8.498.1"
 # The patient names of CT_small.dcm and MR_small.dcm ("CompressedSamples^CT1", ...) and

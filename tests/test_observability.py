@@ -221,6 +221,7 @@ def served(broker: None) -> Iterator[Served]:
         delete_exchange(exchange)
 
 
+@pytest.mark.process
 def test_sigterm_drains_every_started_request_gets_a_response(served: Served) -> None:
     proc, port, http, exchange = served.proc, served.port, served.http, served.exchange
     release = threading.Event()

@@ -241,6 +241,7 @@ def _connection_states() -> dict[str, str]:
     return states
 
 
+@pytest.mark.process
 def test_broker_memory_alarm_fails_publishes_not_replies(
     make_bridge: BridgeFactory, recorder: Any, memory_alarm: None
 ) -> None:
