@@ -38,6 +38,7 @@ def _corpus(directory: Path) -> None:
     (directory / "stream.json").write_bytes(b'{"status": 65280, "sub_operations": 2}')
 
 
+@pytest.mark.slow
 def test_codec_survives_coverage_guided_fuzzing(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -251,6 +251,7 @@ def _dicom_files() -> list[str]:
 # -- the envelope is the in-memory path's -------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("threshold", [16, 1 << 20], ids=["16 B", "1 MiB"])
 @pytest.mark.parametrize(

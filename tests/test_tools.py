@@ -130,6 +130,7 @@ def rows(output: str) -> dict[str, str]:
 
 
 @pytest.mark.process
+@pytest.mark.slow
 def test_schema_lists_names_and_prints_each() -> None:
     listing = run("schema")
     assert listing.returncode == 0, listing.stderr
