@@ -29,6 +29,7 @@ DICOM_CASES = (
 SERVERS = ("stock", "tuned", "bridge")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_quick_run_writes_every_case(broker: None, tmp_path: Path) -> None:
     done = subprocess.run(

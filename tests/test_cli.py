@@ -145,6 +145,7 @@ def _dcmtk(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_serve_and_example_consumer_round_trip(cli_exchange: str, tmp_path: Path) -> None:
     """The README quick start: serve, example-consumer, echoscu, storescu, SIGTERM."""
     port = free_port()
@@ -184,6 +185,7 @@ def test_serve_and_example_consumer_round_trip(cli_exchange: str, tmp_path: Path
     delete_queue(queue_name)
 
 
+@pytest.mark.slow
 def test_serve_with_broker_down_says_so_retries_and_fails_requests_fast(
     cli_exchange: str,
 ) -> None:

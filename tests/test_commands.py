@@ -547,6 +547,7 @@ def test_commands_to_one_destination_share_one_association(
     assert commander.pool.open_associations() == 0
 
 
+@pytest.mark.slow
 def test_concurrency_per_destination_is_limited(
     make_commander: CommanderFactory, client: CommandClient, make_peer: Callable[..., PeerSCP]
 ) -> None:

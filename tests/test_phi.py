@@ -72,6 +72,7 @@ def _wait_for(proc: subprocess.Popen[str], text: str, seen: list[str]) -> None:
 
 
 @pytest.mark.process
+@pytest.mark.slow
 def test_a_full_run_logs_no_patient_data(broker: None, tmp_path: Path) -> None:
     exchange = f"test-phi-{uuid.uuid4().hex[:8]}"
     port = free_port()

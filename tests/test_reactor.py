@@ -77,6 +77,7 @@ def _idle_cpu(bridge: BridgeHarness, count: int, seconds: float) -> float:
         return sum(_thread_cpu(t.native_id) for t in threads) - before
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def test_idle_associations_cost_no_cpu(make_bridge: BridgeFactory) -> None:
     event_driven = make_bridge(event_reactors=True)

@@ -715,6 +715,7 @@ def test_received_file_deleted_when_the_consumer_fails(
     assert not [p for p in Path(bulk_bridge.settings.bulk_dir).iterdir() if p.is_file()]
 
 
+@pytest.mark.slow
 def test_received_file_deleted_when_no_reply_comes(
     bulk_bridge: Any, raw: Callable[..., RawResponder]
 ) -> None:

@@ -112,6 +112,7 @@ def _echo(port: int) -> int:
         return int(assoc.send_c_echo().Status)
 
 
+@pytest.mark.slow
 def test_consumer_dying_with_no_other_fails_at_the_deadline(
     make_bridge: BridgeFactory, exchange: str, queue_name: str
 ) -> None:
@@ -242,6 +243,7 @@ def _connection_states() -> dict[str, str]:
 
 
 @pytest.mark.process
+@pytest.mark.slow
 def test_broker_memory_alarm_fails_publishes_not_replies(
     make_bridge: BridgeFactory, recorder: Any, memory_alarm: None
 ) -> None:

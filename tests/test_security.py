@@ -189,6 +189,7 @@ def test_malformed_pdus_never_take_the_bridge_down(
         assert assoc.send_c_echo().Status == 0
 
 
+@pytest.mark.slow
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -195,6 +195,7 @@ def _check(exchange: str, tmp_path: Path, *args: str) -> subprocess.CompletedPro
 
 
 @pytest.mark.process
+@pytest.mark.slow
 def test_check_passes_with_a_consumer_bound(
     exchange: str, make_consumer: Any, tmp_path: Path
 ) -> None:
@@ -216,6 +217,7 @@ def test_check_passes_with_a_consumer_bound(
 
 
 @pytest.mark.process
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
 def test_check_reports_services_nobody_is_bound_for(
     exchange: str, make_consumer: Any, tmp_path: Path
@@ -264,6 +266,7 @@ def test_check_reports_an_exchange_serve_could_not_declare(tmp_path: Path, broke
 
 
 @pytest.mark.process
+@pytest.mark.slow
 def test_check_never_prints_the_password(tmp_path: Path, broker: None) -> None:
     wrong = run("check", "--amqp-url", "amqp://guest:Wr0ng-Pa55@127.0.0.1:5672/", "--port", "0")
     closed = run("check", "--amqp-url", f"amqp://u:Cl0sed-Pa55@127.0.0.1:{free_port()}/")
@@ -406,6 +409,7 @@ def test_check_says_what_it_could_not_verify(exchange: str, tmp_path: Path) -> N
 
 
 @pytest.mark.process
+@pytest.mark.slow
 def test_tail_shows_envelopes_with_phi_masked_unless_asked(
     exchange: str, bridge: BridgeHarness, recorder: Recorder
 ) -> None:
@@ -572,6 +576,7 @@ def test_render_cancel_notices_and_garbage() -> None:
 
 
 @pytest.mark.process
+@pytest.mark.slow
 def test_check_examines_a_receive_directory_of_its_own(exchange: str, tmp_path: Path) -> None:
     declare_exchange(exchange)
     not_a_directory = tmp_path / "file"
