@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run consumer demo test lint
+.PHONY: setup run consumer demo test lint unit
 
 setup:
 	@bash scripts/setup.sh
@@ -29,3 +29,13 @@ lint: setup
 ## Lint, type-check and the whole test suite against the real broker and DCMTK.
 test: lint
 	$(BIN)/pytest
+
+## The tests that need no broker, start no process and are not slow: under 30 s.
+## Needs only .venv; a test that reaches the broker or starts a process fails (tests/unit_run.py).
+unit: $(BIN)/pytest
+	BRIDGE_TEST_UNIT=1 $(BIN)/pytest -q -m "not needs_broker and not process and not slow"
+
+# The Python environment alone (setup also installs DCMTK, RabbitMQ and Node).
+$(BIN)/pytest:
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[dev]'

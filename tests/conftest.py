@@ -1,14 +1,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from bridge.protocol.model import SINGLE_REPLY_SERVICES, Service
+from tests import unit_run
 from tests.harness import (
+    AMQP_URL,
     BridgeHarness,
     ConsumerHarness,
     RawResponder,
@@ -18,13 +22,47 @@ from tests.harness import (
     delete_exchange,
 )
 
+BROKER_PORT = urlsplit(AMQP_URL).port or 5672
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test needs the broker when it asks for the ``broker`` fixture, itself or through
+    any fixture that does (``exchange``, ``bridge``, ``make_bridge``, ``make_consumer``,
+    ``recorder``, ``raw`` and the modules' own): ``fixturenames`` is the whole closure.
+    A test that reaches the broker without the fixture must ask for it all the same."""
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_broker)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if unit_run.is_unit_run():
+        unit_run.forbid(BROKER_PORT)
+
+
+@pytest.fixture(autouse=True)
+def _unit_run_guard() -> Iterator[None]:
+    """In a unit run, a test that tried to reach the broker or start a process fails."""
+    yield
+    if tried := unit_run.tried():
+        pytest.fail(
+            f"{unit_run.UNIT_RUN} is set, yet this test tried {tried}: a test that needs the"
+            " broker asks for the broker fixture, one that starts a process is marked process"
+        )
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Bridges and consumers that tests start as processes keep their spool, claim-check
     and example store in this session's temp dir, take a free HTTP port and leave the
-    shared commands queue alone."""
+    shared commands queue alone.
+
+    The temporary directory of this process and of those it starts is in the session's
+    temp dir too: what a library leaves there goes with it (pynetdicom, for one, keeps
+    each data set a test's C-GET SCU receives in a temporary file it never deletes)."""
     root = tmp_path_factory.mktemp("state")
+    temporary = root / "tmp"
+    temporary.mkdir()
     values = {
         "BRIDGE_SPOOL_DIR": str(root / "spool"),
         "BRIDGE_BULK_DIR": str(root / "bulk"),
@@ -33,10 +71,13 @@ def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         # The commander's queue is shared and durable: bridges started as processes by
         # tests leave it alone (tests/test_commands.py runs its own on its own queues).
         "BRIDGE_COMMANDS": "false",
+        "TMPDIR": str(temporary),
     }
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
+    saved_tempdir, tempfile.tempdir = tempfile.tempdir, str(temporary)
     yield
+    tempfile.tempdir = saved_tempdir
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
@@ -46,7 +87,10 @@ def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def broker() -> None:
-    """Tests that talk to RabbitMQ fail at once, and say why, when it is down."""
+    """Tests that talk to RabbitMQ fail at once, and say why, when it is down or when the
+    run forbids it (``make unit``): such tests are marked ``needs_broker``."""
+    if unit_run.is_unit_run():
+        pytest.fail(f"{unit_run.UNIT_RUN} is set: a unit run does not reach RabbitMQ")
     if not broker_reachable():
         pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672: run rabbitmq-server -detached")
 
@@ -63,10 +107,11 @@ BridgeFactory = Callable[..., BridgeHarness]
 
 
 @pytest.fixture
-def make_bridge(exchange: str) -> Iterator[BridgeFactory]:
+def make_bridge(exchange: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeFactory]:
     started: list[BridgeHarness] = []
 
     def make(**overrides: Any) -> BridgeHarness:
+        overrides.setdefault("spool_dir", tmp_path_factory.mktemp("bridge-spool"))
         harness = BridgeHarness(bridge_settings(exchange, **overrides))
         started.append(harness)
         return harness

@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import os
 import socket
-import tempfile
+import struct
 import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,11 +24,14 @@ import aio_pika
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from bridge.config import BridgeSettings
 from bridge.ops import service
 from bridge.protocol.model import Service
 from bridge.sdk.consumer import Consumer, Handler, Request
+from tests.waiting import eventually
 
 T = TypeVar("T")
 
@@ -92,7 +96,9 @@ class BridgeHarness:
         self._loop.stop()
 
 
-def bridge_settings(exchange: str, **overrides: Any) -> BridgeSettings:
+def bridge_settings(exchange: str, spool_dir: Path, **overrides: Any) -> BridgeSettings:
+    """Settings of a test bridge on ``exchange``, its event spool in ``spool_dir`` (a
+    directory of the test's, which pytest removes)."""
     values: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
@@ -101,7 +107,7 @@ def bridge_settings(exchange: str, **overrides: Any) -> BridgeSettings:
         "reply_timeout": 5.0,
         "http_host": "127.0.0.1",
         "http_port": 0,
-        "spool_dir": Path(tempfile.mkdtemp(prefix="bridge-spool-")),
+        "spool_dir": spool_dir,
         "commands": False,  # tests of commands run their own commander on their own queue
     }
     values.update(overrides)
@@ -203,6 +209,49 @@ def association(
         if assoc.is_established:
             assoc.release()
         ae.shutdown()
+
+
+def send_raw(port: int, payload: bytes) -> None:
+    """Send ``payload`` on a bare TCP connection to 127.0.0.1:``port`` and read until the
+    peer closes (or 2 s pass)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        try:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(2)
+            while sock.recv(4096):
+                pass
+        except OSError:
+            pass
+
+
+def assoc_rq(body_tail: bytes = b"") -> bytes:
+    """An A-ASSOCIATE-RQ header with fixed fields, then ``body_tail`` as its items."""
+    fixed = struct.pack(">HH", 1, 0) + b"DICOM-BRIDGE".ljust(16) + b"FUZZER".ljust(16) + bytes(32)
+    body = fixed + body_tail
+    return b"\x01\x00" + struct.pack(">L", len(body)) + body
+
+
+def send_raw_store(assoc: Association, payload: bytes) -> int:
+    """Send a C-STORE whose data set is ``payload`` as is, bypassing pydicom's encoder."""
+    request = C_STORE()
+    request.MessageID = 99
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.77"
+    request.Priority = 2
+    request.DataSet = BytesIO(payload)
+    context_id = assoc._get_valid_context(CTImageStorage, "", "scu").context_id
+    assert context_id is not None
+    assoc._reactor_checkpoint.clear()
+    eventually(lambda: assoc._is_paused, "the association's reactor paused", interval=0.0001)
+    try:
+        assoc.dimse.send_msg(request, context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    assert response is not None
+    assert response.Status is not None
+    return int(response.Status)
 
 
 def timed(function: Callable[[], T]) -> tuple[T, float]:

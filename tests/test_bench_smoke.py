@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 RUN = Path(__file__).resolve().parents[1] / "bench" / "run.py"
 DICOM_CASES = (
     "n-event-report x1",
@@ -27,6 +29,7 @@ DICOM_CASES = (
 SERVERS = ("stock", "tuned", "bridge")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_quick_run_writes_every_case(broker: None, tmp_path: Path) -> None:
     done = subprocess.run(

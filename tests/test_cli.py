@@ -20,6 +20,8 @@ from pydicom.data import get_testdata_file
 from bridge.config import BridgeSettings, ConsumerSettings
 from tests.harness import AMQP_URL, delete_exchange, delete_queue, free_port
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 EXE = str(Path(sys.executable).with_name("dicom-bridge"))
 
 
@@ -143,6 +145,7 @@ def _dcmtk(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_serve_and_example_consumer_round_trip(cli_exchange: str, tmp_path: Path) -> None:
     """The README quick start: serve, example-consumer, echoscu, storescu, SIGTERM."""
     port = free_port()
@@ -182,6 +185,7 @@ def test_serve_and_example_consumer_round_trip(cli_exchange: str, tmp_path: Path
     delete_queue(queue_name)
 
 
+@pytest.mark.slow
 def test_serve_with_broker_down_says_so_retries_and_fails_requests_fast(
     cli_exchange: str,
 ) -> None:
@@ -217,6 +221,8 @@ def test_serve_on_a_busy_port_exits_with_a_clear_error() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run("serve", "--host", "127.0.0.1", "--port", str(port))
+        # A broker URL where none listens: the port is under test, not the broker.
+        dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+        result = run("serve", "--host", "127.0.0.1", "--port", str(port), "--amqp-url", dead)
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

@@ -48,6 +48,7 @@ from bridge.transport.bulkstore import DirectoryStore
 from tests.conftest import BridgeFactory, ConsumerFactory
 from tests.harness import AMQP_URL, LoopThread, association, free_port, make_dataset
 from tests.schemas import validator
+from tests.waiting import eventually
 
 COMMAND_REPLY = validator("command-reply.schema.json")
 COMMAND = validator("command.schema.json")
@@ -145,14 +146,15 @@ def storescp(out: Path, *extra: str) -> Iterator[int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+    def listening() -> bool:
+        assert process.poll() is None, "storescp exited"
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+        return False
+
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            assert process.poll() is None, "storescp exited"
-            assert time.monotonic() < deadline, "storescp did not listen"
-            time.sleep(0.05)
+        eventually(listening, "storescp listening", timeout=10, interval=0.05)
         yield port
     finally:
         process.terminate()
@@ -309,6 +311,7 @@ def _check_reply(result: CommandResult) -> None:
 # -- C-ECHO and C-STORE against DCMTK -------------------------------------------------------
 
 
+@pytest.mark.process
 def test_echo_and_store_to_dcmtk_storescp(
     make_commander: CommanderFactory, client: CommandClient, tmp_path: Path
 ) -> None:
@@ -335,6 +338,7 @@ def test_echo_and_store_to_dcmtk_storescp(
         assert dataset_to_json(received[original.SOPInstanceUID]) == dataset_to_json(original)
 
 
+@pytest.mark.process
 def test_store_by_claim_check_and_compressed(
     exchange: str, make_commander: CommanderFactory, bulk: DirectoryStore, tmp_path: Path
 ) -> None:
@@ -578,13 +582,12 @@ def test_commands_to_one_destination_share_one_association(
     assert peer.established == 1
     assert (commander.pool.stats.opened, commander.pool.stats.reused) == (1, 4)
     # idle past command_idle_timeout: released
-    deadline = time.monotonic() + 5
-    while peer.released < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: peer.released >= 1, "the idle association released")
     assert peer.released == 1
     assert commander.pool.open_associations() == 0
 
 
+@pytest.mark.slow
 def test_concurrency_per_destination_is_limited(
     make_commander: CommanderFactory, client: CommandClient, make_peer: Callable[..., PeerSCP]
 ) -> None:

@@ -46,6 +46,7 @@ def command_sets(draw: st.DrawFn) -> Dataset:
     return ds
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(command_sets())
 def test_bytes_are_pydicoms_or_none(ds: Dataset) -> None:

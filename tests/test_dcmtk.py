@@ -15,6 +15,8 @@ from bridge.sdk.consumer import Response
 from tests.conftest import ConsumerFactory
 from tests.harness import BridgeHarness, Recorder
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 # Files of several SOP classes and both uncompressed transfer syntaxes, from pydicom's
 # test data.
 STORE_FILES = [

@@ -1013,6 +1013,7 @@ def _closed_port() -> int:
     return port
 
 
+@pytest.mark.process
 def test_dockerfile_healthcheck_uses_python_stdlib_only(health_server: int) -> None:
     final = dockerfile()[-1]
     (healthcheck,) = final.all("HEALTHCHECK")

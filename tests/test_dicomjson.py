@@ -349,6 +349,7 @@ PROPERTY = settings(
 )
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(models())
 def test_memory_json_memory_roundtrip(model: Model) -> None:
@@ -362,6 +363,7 @@ def test_memory_json_memory_roundtrip(model: Model) -> None:
     assert dataset_to_json(decoded) == expected
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(models())
 def test_raw_explicit_vr_path(model: Model) -> None:
@@ -374,6 +376,7 @@ def test_raw_explicit_vr_path(model: Model) -> None:
     assert dataset_to_json(read_raw(to_bytes(decoded, implicit=False), implicit=False)) == expected
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(models(private_vrs=("UN",)))
 def test_raw_implicit_vr_path(model: Model) -> None:
@@ -413,6 +416,7 @@ def json_spellings(draw: st.DrawFn, doc: Json) -> Json:
     return out
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(models().flatmap(lambda m: st.tuples(st.just(_expected(m)), json_spellings(_expected(m)))))
 def test_json_documents_of_the_schema_shape(pair: tuple[Json, Json]) -> None:
@@ -561,6 +565,7 @@ REFUSED_FILES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_pydicom_test_files() -> None:
     checked = 0

@@ -21,6 +21,7 @@ from bridge.protocol.model import Service
 from bridge.sdk.consumer import Request
 from tests.conftest import BridgeFactory, ConsumerFactory
 from tests.harness import AMQP_URL, BridgeHarness, Recorder, TcpProxy, association
+from tests.waiting import eventually
 
 
 class EventQueue:
@@ -57,6 +58,19 @@ class EventQueue:
 
         return asyncio.run(read())
 
+    def drain_until(
+        self, enough: Callable[[list[dict[str, Any]]], bool], what: str, timeout: float = 5.0
+    ) -> list[dict[str, Any]]:
+        """Drain until what came is ``enough``; everything that came, in order."""
+        found: list[dict[str, Any]] = []
+
+        def more() -> bool:
+            found.extend(self.drain())
+            return enough(found)
+
+        eventually(more, lambda: f"{what}; {len(found)} came", timeout=timeout, interval=0.05)
+        return found
+
     def delete(self) -> None:
         async def delete() -> None:
             connection = await aio_pika.connect(AMQP_URL)
@@ -81,15 +95,6 @@ def events_queue(exchange: str) -> Iterator[Callable[..., EventQueue]]:
         queue.delete()
 
 
-def _wait(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def _open_and_close(port: int, times: int) -> None:
     for _ in range(times):
         with association(port) as assoc:
@@ -99,9 +104,8 @@ def _open_and_close(port: int, times: int) -> None:
 def test_association_events(bridge: BridgeHarness, events_queue: Callable[..., EventQueue]) -> None:
     queue = events_queue()
     _open_and_close(bridge.port, 3)
-    assert _wait(lambda: bridge.running.events._pending == set(), 5)
-    time.sleep(0.3)
-    events = queue.drain()
+    eventually(lambda: bridge.running.events._pending == set(), "every event confirmed")
+    events = queue.drain_until(lambda found: len(found) >= 6, "accepted and released, 3 times")
     kinds = [e["type"] for e in events]
     assert kinds.count("association-accepted") == 3
     assert kinds.count("association-released") == 3
@@ -126,13 +130,13 @@ def test_events_survive_a_broker_cut_during_a_burst(
         _open_and_close(harness.port, 10)
         proxy.stop()  # the broker goes away mid-burst
         _open_and_close(harness.port, 10)
-        assert _wait(lambda: len(harness.running.events._spool) >= 20, 5)
+        spool = harness.running.events._spool
+        eventually(lambda: len(spool) >= 20, "the events of the cut spooled")
         proxy.start()
-        assert _wait(lambda: len(harness.running.events._spool) == 0, 20), "spool not drained"
+        eventually(lambda: len(spool) == 0, "the spool drained", timeout=20)
     finally:
         proxy.close()
-    time.sleep(0.5)
-    events = queue.drain()
+    events = queue.drain_until(lambda found: len({e["id"] for e in found}) >= 40, "40 events")
     # Every event arrived; a publish cut before its confirm may come twice (at least once).
     unique = {e["id"] for e in events}
     assert len(unique) == 40
@@ -149,15 +153,21 @@ def test_spooled_events_are_replayed_after_a_restart(
     down = TcpProxy(("127.0.0.1", 5672))  # never started: the broker is unreachable
     first = make_bridge(amqp_url=f"amqp://guest:guest@127.0.0.1:{down.port}/", spool_dir=str(spool))
     _open_and_close(first.port, 4)
-    assert _wait(lambda: len(first.running.events._spool) == 8, 5)
+    eventually(lambda: len(first.running.events._spool) == 8, "8 events spooled")
     first.stop()
     down.close()
     assert len(list(spool.glob("*.msg"))) == 8
     second = make_bridge(spool_dir=str(spool))
     second.wait_ready()
-    assert _wait(lambda: len(second.running.events._spool) == 0, 10)
-    time.sleep(0.3)
-    events = [e for e in queue.drain() if e["association"]["calling_ae"] == "TEST-SCU"]
+    eventually(lambda: len(second.running.events._spool) == 0, "the spool replayed", timeout=10)
+
+    def ours(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in found if e["association"]["calling_ae"] == "TEST-SCU"]
+
+    def replayed(found: list[dict[str, Any]]) -> bool:
+        return len({e["id"] for e in ours(found)}) >= 8
+
+    events = ours(queue.drain_until(replayed, "the 8 spooled events delivered"))
     assert len({e["id"] for e in events}) >= 8
 
 
@@ -175,7 +185,7 @@ def test_publish_only_c_store_is_answered_without_waiting_for_a_consumer(
     def slow(request: Request) -> int:
         seen.append(request)
         arrived.set()
-        time.sleep(3)  # far beyond the reply timeout: nobody waits for it
+        time.sleep(3)  # the slowness under test: far beyond the reply timeout
         return 0
 
     make_consumer(slow, (Service.C_STORE,))
@@ -205,11 +215,10 @@ def test_publish_only_while_the_broker_is_down_is_spooled_then_delivered(
             assert assoc.send_c_store(examples.ct).Status == 0  # safe on disk
         proxy.start()
         harness.wait_ready(timeout=15)
-        assert _wait(lambda: len(harness.running.events._spool) == 0, 15)
+        eventually(lambda: len(harness.running.events._spool) == 0, "spool drained", timeout=15)
     finally:
         proxy.close()
-    time.sleep(0.3)
-    delivered = stores.drain()
+    delivered = stores.drain_until(bool, "the stored instance delivered")
     assert [d["service"] for d in delivered] == ["c-store"]
     assert delivered[0]["_properties"]["persistent"]
     assert delivered[0]["_properties"]["reply_to"] is None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,9 @@ from bridge.config import ConsumerSettings
 from bridge.example.consumer import build
 from tests.conftest import BridgeFactory
 from tests.harness import AMQP_URL, BridgeHarness, LoopThread, free_port
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.process  # every test here starts a process
 
 FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm"]
 
@@ -169,9 +171,7 @@ def test_movescu_study_to_storescp(pacs: tuple[BridgeHarness, int], tmp_path: Pa
     )  # fmt: skip
     assert "Received Final Move Response (Success)" in output, output
     received = tmp_path / "received"
-    deadline = time.monotonic() + 5
-    while not list(received.iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: list(received.iterdir()), "storescp wrote the moved instances")
     moved = [dcmread(p) for p in received.iterdir()]
     assert {ds.StudyInstanceUID for ds in moved} == {uid}
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from io import BytesIO
 
 import orjson
 import pytest
 from pydicom import examples
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     ModalityPerformedProcedureStep,
@@ -30,8 +28,10 @@ from tests.harness import (
     Recorder,
     TcpProxy,
     association,
+    send_raw_store,
     timed,
 )
+from tests.waiting import eventually
 
 INSTANCE = "1.2.826.0.1.3680043.8.498.1"
 CONTEXTS = [
@@ -106,10 +106,9 @@ def test_no_reply_within_timeout_fails_and_late_reply_is_dropped(
         assert 0.9 < elapsed < 2.5
         # The consumer answers after all: the reply is late, dropped and counted.
         silent.publish_reply(silent.messages[0], b'{"status": 0}')
-        deadline = time.monotonic() + 5
-        while harness.running.transport.stats.late_replies < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert harness.running.transport.stats.late_replies == 1
+        stats = harness.running.transport.stats
+        eventually(lambda: stats.late_replies >= 1, "the late reply counted")
+        assert stats.late_replies == 1
         assert harness.running.transport.in_flight == 0
         assert assoc.is_established
 
@@ -201,29 +200,6 @@ def test_consumer_exception_becomes_failure_status(
     assert status.ErrorComment == "consumer error: ValueError"
 
 
-def _send_raw_store(assoc: Association, payload: bytes) -> int:
-    """Send a C-STORE whose data set is ``payload`` as is, bypassing pydicom's encoder."""
-    request = C_STORE()
-    request.MessageID = 99
-    request.AffectedSOPClassUID = CTImageStorage
-    request.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.77"
-    request.Priority = 2
-    request.DataSet = BytesIO(payload)
-    context_id = assoc._get_valid_context(CTImageStorage, "", "scu").context_id
-    assert context_id is not None
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
-    try:
-        assoc.dimse.send_msg(request, context_id)
-        _, response = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
-    assert response is not None
-    assert response.Status is not None
-    return int(response.Status)
-
-
 BROKEN_DATASETS = {
     # (0010,0010) PN with a length far beyond the data (implicit VR little endian)
     "length-overrun": bytes.fromhex("10001000") + (0x7FFFFFF0).to_bytes(4, "little") + b"DOE",
@@ -247,7 +223,7 @@ def test_undecodable_dataset_gives_failure_and_association_survives(
     payload: bytes, bridge: BridgeHarness, recorder: Recorder
 ) -> None:
     with association(bridge.port, CONTEXTS) as assoc:
-        status = _send_raw_store(assoc, payload)
+        status = send_raw_store(assoc, payload)
         assert status == 0xC000
         assert assoc.send_c_store(examples.ct).Status == 0
     assert len(recorder.requests) == 1
@@ -281,8 +257,10 @@ def test_connection_loss_fails_in_flight_requests_promptly(
     proxy = TcpProxy(("127.0.0.1", 5672))
     proxy.start()
     release = threading.Event()
+    arrived = threading.Event()
 
     def slow(request: Request) -> int:
+        arrived.set()
         release.wait(10)
         return 0
 
@@ -300,7 +278,7 @@ def test_connection_loss_fails_in_flight_requests_promptly(
 
         worker = threading.Thread(target=send)
         worker.start()
-        time.sleep(1.0)  # the request is in flight, waiting for the slow consumer
+        assert arrived.wait(10), "the request did not reach the consumer"  # now in flight
         cut = time.perf_counter()
         proxy.stop()
         worker.join(10)

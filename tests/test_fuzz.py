@@ -8,12 +8,15 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from bridge.protocol.dicomjson import dataset_to_json
+
+pytestmark = pytest.mark.process  # every test here starts a process
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 20
@@ -35,6 +38,7 @@ def _corpus(directory: Path) -> None:
     (directory / "stream.json").write_bytes(b'{"status": 65280, "sub_operations": 2}')
 
 
+@pytest.mark.slow
 def test_codec_survives_coverage_guided_fuzzing(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -38,6 +38,9 @@ from tests.harness import (
     free_port,
 )
 from tests.schemas import validate_envelope, validate_reply
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.process  # every test here starts a process
 
 CONSUMER_DIR = Path(__file__).resolve().parent.parent / "examples" / "node-consumer"
 INSTANCE = "1.2.826.0.1.3680043.8.498.1"
@@ -234,9 +237,10 @@ def test_c_store_bulk_data_is_claimed_and_deleted(
     assert int(found[1]) >= 1
     assert int(found[2]) >= len(original.PixelData)
     # Claim-check files only: the bridge receives data sets into the .receiving directory.
-    deadline = time.monotonic() + 5
-    while [p for p in bulk.iterdir() if p.is_file()] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(
+        lambda: not [p for p in bulk.iterdir() if p.is_file()],
+        lambda: f"claim-check files deleted; left: {[p.name for p in bulk.iterdir()]}",
+    )
     assert not [p for p in bulk.iterdir() if p.is_file()], "claim-check file not deleted"
 
 

@@ -10,12 +10,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -37,6 +37,7 @@ from tests.harness import (
     delete_exchange,
     free_port,
 )
+from tests.waiting import eventually
 
 EXE = str(Path(sys.executable).with_name("dicom-bridge"))
 
@@ -106,9 +107,7 @@ def test_health_and_readiness_follow_the_broker(make_bridge: BridgeFactory) -> N
         assert (status, kind) == (200, "application/json")
         assert orjson.loads(body)["ready"] is True
         proxy.stop()
-        deadline = time.monotonic() + 5
-        while _http(harness, "/readyz")[0] == 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: _http(harness, "/readyz")[0] != 200, "not ready", interval=0.05)
         status, _, body = _http(harness, "/readyz")
         assert status == 503
         assert orjson.loads(body)["checks"]["broker_connected"] is False
@@ -169,8 +168,40 @@ def test_json_logs_carry_association_and_correlation_ids(
 # -- SIGTERM: drain ---------------------------------------------------------------------
 
 
+class Served:
+    """A ``dicom-bridge serve`` process with JSON logs, its output read as it comes."""
+
+    def __init__(self, proc: subprocess.Popen[str], port: int, http: int, exchange: str) -> None:
+        self.proc, self.port, self.http, self.exchange = proc, port, http, exchange
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.strip():
+                self.lines.append(line)
+
+    def logged(self, prefix: str) -> bool:
+        """Whether a log record so far has a message starting with ``prefix``."""
+        return any(orjson.loads(line)["message"].startswith(prefix) for line in self.lines)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every log record, once the process has exited and its output is read."""
+        self._reader.join(10)
+        return [orjson.loads(line) for line in self.lines]
+
+
+def _ready(http: int) -> bool:
+    try:
+        return _get(f"http://127.0.0.1:{http}/readyz")[0] == 200
+    except OSError:
+        return False
+
+
 @pytest.fixture
-def served(broker: None) -> Iterator[tuple[subprocess.Popen[str], int, int, str]]:
+def served(broker: None) -> Iterator[Served]:
     exchange = f"test-drain-{uuid.uuid4().hex[:8]}"
     port, http = free_port(), free_port()
     env = {**os.environ, "BRIDGE_LOG_FORMAT": "json"}
@@ -179,18 +210,10 @@ def served(broker: None) -> Iterator[tuple[subprocess.Popen[str], int, int, str]
          "--exchange", exchange, "--drain-timeout", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
+    served = Served(proc, port, http, exchange)
     try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                if _get(f"http://127.0.0.1:{http}/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise AssertionError("bridge not ready")
-        yield proc, port, http, exchange
+        eventually(lambda: _ready(http), "bridge ready", timeout=15, interval=0.1)
+        yield served
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -198,13 +221,14 @@ def served(broker: None) -> Iterator[tuple[subprocess.Popen[str], int, int, str]
         delete_exchange(exchange)
 
 
-def test_sigterm_drains_every_started_request_gets_a_response(
-    served: tuple[subprocess.Popen[str], int, int, str],
-) -> None:
-    proc, port, http, exchange = served
+@pytest.mark.process
+def test_sigterm_drains_every_started_request_gets_a_response(served: Served) -> None:
+    proc, port, http, exchange = served.proc, served.port, served.http, served.exchange
     release = threading.Event()
+    arrived: list[str] = []
 
     def slow(request: Request) -> int:
+        arrived.append(request.id)
         release.wait(10)
         return 0
 
@@ -223,9 +247,9 @@ def test_sigterm_drains_every_started_request_gets_a_response(
         peers = [threading.Thread(target=peer) for _ in range(4)]
         for thread in peers:
             thread.start()
-        time.sleep(1.0)  # all four requests are in flight, waiting for the consumer
+        eventually(lambda: len(arrived) == 4, "the four requests in flight at the consumer")
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        eventually(lambda: served.logged("draining"), "the bridge stopped listening")
         # Draining: not ready, and no new association is accepted.
         assert _get(f"http://127.0.0.1:{http}/readyz")[0] == 503
         ae = AE("LATECOMER")
@@ -242,8 +266,7 @@ def test_sigterm_drains_every_started_request_gets_a_response(
     finally:
         release.set()
         consumer.stop()
-    output = proc.stdout.read() if proc.stdout else ""
-    lines = [orjson.loads(line) for line in output.splitlines() if line.strip()]
+    lines = served.records()
     assert any(line["message"].startswith("draining") for line in lines)
     assert lines[-1]["message"] == "stopped"
 

@@ -24,8 +24,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from tests.harness import AMQP_URL, association, delete_exchange, delete_queue, free_port
-from tests.test_failures import _send_raw_store
+from tests.harness import (
+    AMQP_URL,
+    association,
+    delete_exchange,
+    delete_queue,
+    free_port,
+    send_raw_store,
+)
 
 EXE = str(Path(sys.executable).with_name("dicom-bridge"))
 FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm"]
@@ -65,6 +71,8 @@ def _wait_for(proc: subprocess.Popen[str], text: str, seen: list[str]) -> None:
     raise AssertionError(f"{text!r} not seen:\n{''.join(seen)}")
 
 
+@pytest.mark.process
+@pytest.mark.slow
 def test_a_full_run_logs_no_patient_data(broker: None, tmp_path: Path) -> None:
     exchange = f"test-phi-{uuid.uuid4().hex[:8]}"
     port = free_port()
@@ -122,7 +130,7 @@ def test_a_full_run_logs_no_patient_data(broker: None, tmp_path: Path) -> None:
                 + bytes.fromhex("100020000e000000") + b"PID-77-SECRET "
                 + bytes.fromhex("2800300004000000") + b"abc "
             )  # fmt: skip
-            assert _send_raw_store(assoc, broken) == 0xC000
+            assert send_raw_store(assoc, broken) == 0xC000
         # a failure with the consumer gone: timeouts and unroutable requests log too
         consumer.send_signal(signal.SIGTERM)
         consumer.wait(10)

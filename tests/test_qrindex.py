@@ -1022,6 +1022,7 @@ def build(layout: Layout) -> Iterator[Dataset]:
                     yield instance(patient, study, series, k)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(layouts)
 def test_image_level_with_universal_keys_finds_every_instance_once(layout: Layout) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -19,16 +18,8 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 
 from bridge._pynetdicom import reactor
 from tests.conftest import BridgeFactory
-from tests.harness import BridgeHarness, Recorder, association
-from tests.test_security import _assoc_rq, _send_raw
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s")
-        time.sleep(0.01)
+from tests.harness import BridgeHarness, Recorder, assoc_rq, association, send_raw
+from tests.waiting import eventually
 
 
 def _thread_cpu(native_id: int | None) -> float:
@@ -40,7 +31,10 @@ def _thread_cpu(native_id: int | None) -> float:
 
 def _acceptors(bridge: BridgeHarness, count: int) -> list[Association]:
     ae = bridge.running.scp._ae
-    wait_for(lambda: sum(a.is_established for a in ae.active_associations) == count)
+    eventually(
+        lambda: sum(a.is_established for a in ae.active_associations) == count,
+        f"{count} associations established",
+    )
     return list(ae.active_associations)
 
 
@@ -56,6 +50,7 @@ def _idle_cpu(bridge: BridgeHarness, count: int, seconds: float) -> float:
         return sum(_thread_cpu(t.native_id) for t in threads) - before
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def test_idle_associations_cost_no_cpu(make_bridge: BridgeFactory) -> None:
     event_driven = make_bridge(event_reactors=True)
@@ -98,7 +93,9 @@ def test_requests_back_to_back_and_release(any_bridge: BridgeHarness, recorder: 
     assert len(recorder.requests) == 40
     # 40 broker round trips; a lost wake-up would cost IDLE_WAKE (20 ms) each.
     assert elapsed < 40 * reactor.IDLE_WAKE, f"{elapsed:.2f} s for 40 requests"
-    wait_for(lambda: any_bridge.running.scp.active_associations == 0, timeout=2.0)
+    eventually(
+        lambda: any_bridge.running.scp.active_associations == 0, "no association left", timeout=2.0
+    )
 
 
 def test_peer_abort_ends_the_association(any_bridge: BridgeHarness) -> None:
@@ -110,7 +107,11 @@ def test_peer_abort_ends_the_association(any_bridge: BridgeHarness) -> None:
         _acceptors(any_bridge, 1)
         assoc.abort()
         started = time.perf_counter()
-        wait_for(lambda: any_bridge.running.scp.active_associations == 0, timeout=2.0)
+        eventually(
+            lambda: any_bridge.running.scp.active_associations == 0,
+            "no association left",
+            timeout=2.0,
+        )
         assert time.perf_counter() - started < 0.5
         assert not any_bridge.running.scp._guards, "EVT_CONN_CLOSE did not run"
     finally:
@@ -123,7 +124,7 @@ def test_network_timeout_still_fires(make_bridge: BridgeFactory, event_reactors:
     bridge.wait_ready()
     with association(bridge.port) as assoc:
         started = time.perf_counter()
-        wait_for(lambda: not assoc.is_established, timeout=5.0)
+        eventually(lambda: not assoc.is_established, "the association ended", timeout=5.0)
         assert 0.9 < time.perf_counter() - started < 3.0
 
 
@@ -135,7 +136,9 @@ def test_many_associations_open_and_close(make_bridge: BridgeFactory) -> None:
         with association(bridge.port):
             pass
     per_association = (time.perf_counter() - started) / 20
-    wait_for(lambda: bridge.running.scp.active_associations == 0, timeout=2.0)
+    eventually(
+        lambda: bridge.running.scp.active_associations == 0, "no association left", timeout=2.0
+    )
     # Set-up and release must not wait for a timer tick: a missed wake-up of the DUL
     # (stop_dul, Sta13) would add IDLE_WAKE or more to each.
     assert per_association < 0.25, f"{per_association * 1000:.0f} ms per association"
@@ -148,8 +151,10 @@ def test_out_of_order_pdu_aborts_instead_of_killing_the_thread(
     monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
     # A valid A-ASSOCIATE-RQ and bytes that are no PDU: pynetdicom's loop raised
     # InvalidEventError ('Evt7' in 'Sta13') in the DUL thread.
-    _send_raw(bridge.port, _assoc_rq() + b"\x99" * 100)
-    wait_for(lambda: bridge.running.scp.active_associations == 0, timeout=5.0)
+    send_raw(bridge.port, assoc_rq() + b"\x99" * 100)
+    eventually(
+        lambda: bridge.running.scp.active_associations == 0, "no association left", timeout=5.0
+    )
     assert died == []
     with association(bridge.port) as assoc:
         assert assoc.send_c_echo().Status == 0

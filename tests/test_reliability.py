@@ -25,6 +25,7 @@ from bridge.sdk.consumer import Consumer, Request
 from bridge.transport.broker import connection_name
 from tests.conftest import BridgeFactory
 from tests.harness import AMQP_URL, BridgeHarness, LoopThread, TcpProxy, association, timed
+from tests.waiting import eventually
 
 
 class Worker:
@@ -112,6 +113,7 @@ def _echo(port: int) -> int:
         return int(assoc.send_c_echo().Status)
 
 
+@pytest.mark.slow
 def test_consumer_dying_with_no_other_fails_at_the_deadline(
     make_bridge: BridgeFactory, exchange: str, queue_name: str
 ) -> None:
@@ -177,9 +179,7 @@ def test_poison_request_is_dead_lettered_after_bounded_deliveries(
         results: list[tuple[int, float]] = []
         peer = threading.Thread(target=lambda: results.append(timed(lambda: _echo(harness.port))))
         peer.start()
-        deadline = time.monotonic() + 5
-        while len(deliveries) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually(lambda: len(deliveries) >= 2, "the request delivered twice")
         loop.run(connection.close())  # the crashing consumers are gone...
 
         def handler(request: Request) -> int:
@@ -243,6 +243,8 @@ def _connection_states() -> dict[str, str]:
     return states
 
 
+@pytest.mark.process
+@pytest.mark.slow
 def test_broker_memory_alarm_fails_publishes_not_replies(
     make_bridge: BridgeFactory, recorder: Any, memory_alarm: None
 ) -> None:
@@ -271,7 +273,6 @@ def test_broker_memory_alarm_fails_publishes_not_replies(
             assert replies in ("running", "blocking"), states
         finally:
             _rabbitmqctl("set_vm_memory_high_watermark", "0.4")
-        deadline = time.monotonic() + 10
-        while harness.running.transport.blocked and time.monotonic() < deadline:
-            time.sleep(0.1)
+        transport = harness.running.transport
+        eventually(lambda: not transport.blocked, "the publisher unblocked", timeout=10)
         assert assoc.send_c_echo().Status == 0

@@ -63,6 +63,7 @@ replies = st.dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(
     document=replies,

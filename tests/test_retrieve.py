@@ -31,6 +31,7 @@ from bridge.sdk.consumer import Request, Response, Retrieval
 from tests.conftest import BridgeFactory, ConsumerFactory
 from tests.harness import BridgeHarness, RawResponder, association, free_port, timed
 from tests.schemas import validate_envelope
+from tests.waiting import eventually
 
 FIND = StudyRootQueryRetrieveInformationModelFind
 GET = StudyRootQueryRetrieveInformationModelGet
@@ -161,9 +162,7 @@ def test_c_cancel_stops_the_stream_promptly_and_leaks_nothing(
     time.sleep(0.3)
     assert len(produced) == count, "consumer kept producing after the cancel"
     assert bridge.running.transport.in_flight == 0
-    deadline = time.monotonic() + 5
-    while _bridge_threads() > threads_before and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: _bridge_threads() <= threads_before, "the stream's threads ended")
     assert _bridge_threads() <= threads_before, [t.name for t in threading.enumerate()]
     assert bridge.running.scp.active_associations == 0
 

@@ -96,6 +96,7 @@ def test_errors_become_failure_statuses(
     assert store.ErrorComment == expected
 
 
+@pytest.mark.slow
 def test_seam_backstop_answers_when_the_loop_never_does(
     scp: Callable[..., tuple[BridgeSCP, MemoryTransport]],
 ) -> None:

@@ -217,6 +217,7 @@ def test_amqps_with_ca_and_client_certificate(
     assert len(recorder.requests) == 1
 
 
+@pytest.mark.slow
 def test_amqps_without_client_certificate_is_refused(
     pki: PKI, terminator: TlsTerminator, make_bridge: BridgeFactory
 ) -> None:

@@ -129,6 +129,8 @@ def rows(output: str) -> dict[str, str]:
 # -- schema ------------------------------------------------------------------------------
 
 
+@pytest.mark.process
+@pytest.mark.slow
 def test_schema_lists_names_and_prints_each() -> None:
     listing = run("schema")
     assert listing.returncode == 0, listing.stderr
@@ -165,6 +167,7 @@ def test_schema_dir_finds_installed_and_checkout_layouts(tmp_path: Path) -> None
     assert schema.schema_dir() == SCHEMAS
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("command", ["schema", "check", "tail"])
 def test_help_has_examples(command: str) -> None:
     result = run(command, "--help")
@@ -191,6 +194,8 @@ def _check(exchange: str, tmp_path: Path, *args: str) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.process
+@pytest.mark.slow
 def test_check_passes_with_a_consumer_bound(
     exchange: str, make_consumer: Any, tmp_path: Path
 ) -> None:
@@ -211,6 +216,8 @@ def test_check_passes_with_a_consumer_bound(
         assert "not verified" in output
 
 
+@pytest.mark.process
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
 def test_check_reports_services_nobody_is_bound_for(
     exchange: str, make_consumer: Any, tmp_path: Path
@@ -225,6 +232,7 @@ def test_check_reports_services_nobody_is_bound_for(
     assert "verdict: FAIL" in result.stdout
 
 
+@pytest.mark.process
 def test_check_reports_a_missing_exchange(exchange: str, tmp_path: Path) -> None:
     result = _check(exchange, tmp_path)
     assert result.returncode == 1, result.stdout
@@ -234,6 +242,7 @@ def test_check_reports_a_missing_exchange(exchange: str, tmp_path: Path) -> None
     assert table["bindings"] == "FAIL"
 
 
+@pytest.mark.process
 def test_check_reports_an_exchange_serve_could_not_declare(tmp_path: Path, broker: None) -> None:
     name = f"test-direct-{os.getpid()}-{time.monotonic_ns()}"
 
@@ -256,6 +265,8 @@ def test_check_reports_an_exchange_serve_could_not_declare(tmp_path: Path, broke
     assert "inequivalent arg 'type'" in result.stdout
 
 
+@pytest.mark.process
+@pytest.mark.slow
 def test_check_never_prints_the_password(tmp_path: Path, broker: None) -> None:
     wrong = run("check", "--amqp-url", "amqp://guest:Wr0ng-Pa55@127.0.0.1:5672/", "--port", "0")
     closed = run("check", "--amqp-url", f"amqp://u:Cl0sed-Pa55@127.0.0.1:{free_port()}/")
@@ -269,6 +280,7 @@ def test_check_never_prints_the_password(tmp_path: Path, broker: None) -> None:
     assert "Connection refused" in closed.stdout
 
 
+@pytest.mark.process
 def test_check_configuration_error_is_a_fail_row() -> None:
     result = run("check", "--reply-timeout", "40")
     assert result.returncode == 1
@@ -312,6 +324,7 @@ def management() -> Iterator[str]:
     server.server_close()
 
 
+@pytest.mark.process
 def test_check_reads_bindings_from_the_management_api(
     exchange: str, management: str, tmp_path: Path
 ) -> None:
@@ -369,6 +382,7 @@ def test_check_reads_bindings_from_the_management_api(
     assert all(auth == f"Basic {credentials}" for _, auth in FakeManagement.seen)
 
 
+@pytest.mark.process
 def test_check_says_what_it_could_not_verify(exchange: str, tmp_path: Path) -> None:
     declare_exchange(exchange)
     env_without_rabbitmqctl = {"PATH": os.path.dirname(EXE)}
@@ -394,6 +408,8 @@ def test_check_says_what_it_could_not_verify(exchange: str, tmp_path: Path) -> N
 # -- tail --------------------------------------------------------------------------------
 
 
+@pytest.mark.process
+@pytest.mark.slow
 def test_tail_shows_envelopes_with_phi_masked_unless_asked(
     exchange: str, bridge: BridgeHarness, recorder: Recorder
 ) -> None:
@@ -436,6 +452,7 @@ def test_tail_shows_envelopes_with_phi_masked_unless_asked(
     assert json.loads(lines[3])["dataset"]["00100020"]["Value"] == [ct.PatientID]
 
 
+@pytest.mark.process
 def test_tail_stops_cleanly_on_ctrl_c(exchange: str) -> None:
     process = Tail("--exchange", exchange, "c-store.#")
     process.wait_ready()
@@ -447,6 +464,7 @@ def test_tail_stops_cleanly_on_ctrl_c(exchange: str) -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.process
 def test_tail_with_the_broker_unreachable_says_so_in_one_line() -> None:
     url = f"amqp://guest:Ta1l-Pa55@127.0.0.1:{free_port()}/"
     result = run("tail", "--amqp-url", url, "--count", "1")
@@ -557,6 +575,8 @@ def test_render_cancel_notices_and_garbage() -> None:
     assert garbage == "k  (2 bytes, not a JSON object)"
 
 
+@pytest.mark.process
+@pytest.mark.slow
 def test_check_examines_a_receive_directory_of_its_own(exchange: str, tmp_path: Path) -> None:
     declare_exchange(exchange)
     not_a_directory = tmp_path / "file"
