@@ -623,9 +623,9 @@ def _received_files(directory: Path) -> list[str]:
     return [p.name for p in directory.iterdir() if p.name.startswith(received.PREFIX)]
 
 
-def _wait_empty(directory: Path) -> bool:
+def _wait_empty(directory: Path) -> None:
     """Wait until no received file is left in ``directory``; fail naming those left."""
-    return eventually(
+    eventually(
         lambda: not _received_files(directory),
         lambda: f"received files deleted; left in {directory}: {_received_files(directory)}",
     )
@@ -687,7 +687,7 @@ def test_large_store_through_the_bridge(bulk_bridge: Any, make_consumer: Consume
     assert seen["json"] == expected
     assert seen["received files"] == []
     assert not path_of(seen["uri"]).exists(), "claim-check file not deleted after the reply"
-    assert _wait_empty(directory)
+    _wait_empty(directory)
 
 
 def _with_meta(ds: Dataset, assoc: Any) -> Dataset:
@@ -711,7 +711,7 @@ def test_received_file_deleted_when_the_consumer_fails(
 
     make_consumer(fail, (Service.C_STORE,))
     assert _store_status(bulk_bridge) == 0xC211
-    assert _wait_empty(_receive_dir(bulk_bridge))
+    _wait_empty(_receive_dir(bulk_bridge))
     assert not [p for p in Path(bulk_bridge.settings.bulk_dir).iterdir() if p.is_file()]
 
 
@@ -721,13 +721,13 @@ def test_received_file_deleted_when_no_reply_comes(
 ) -> None:
     raw(lambda message: None)  # bound, never answers
     assert _store_status(bulk_bridge) == 0xC001
-    assert _wait_empty(_receive_dir(bulk_bridge))
+    _wait_empty(_receive_dir(bulk_bridge))
     assert not [p for p in Path(bulk_bridge.settings.bulk_dir).iterdir() if p.is_file()]
 
 
 def test_received_file_deleted_when_unroutable(bulk_bridge: Any) -> None:
     assert _store_status(bulk_bridge) == 0xA700  # nobody bound
-    assert _wait_empty(_receive_dir(bulk_bridge))
+    _wait_empty(_receive_dir(bulk_bridge))
 
 
 @pytest.mark.timeout(60)
@@ -759,7 +759,7 @@ def test_oversize_data_set_refused_and_its_file_deleted(
         done.set()
         thread.join(10)
     assert seen, "the data set was not received into a file"
-    assert _wait_empty(directory)
+    _wait_empty(directory)
     assert _store_status(harness, megabytes=1) == 0  # 1 MB: under the limit
 
 
@@ -782,4 +782,4 @@ def test_small_store_and_data_set_file_of_a_test_file(
     with association(bulk_bridge.port, [CTImageStorage]) as assoc:
         assert assoc.send_c_store(path).Status == 0
     assert seen == [expected]
-    assert _wait_empty(_receive_dir(bulk_bridge))
+    _wait_empty(_receive_dir(bulk_bridge))
