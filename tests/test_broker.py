@@ -109,7 +109,8 @@ def test_ready_within() -> None:
     assert asyncio.run(main()) == (False, True)
 
 
-def test_connect_names_the_connection_and_takes_the_policy(broker: None) -> None:
+@pytest.mark.usefixtures("broker")
+def test_connect_names_the_connection_and_takes_the_policy() -> None:
     async def main() -> None:
         plain = await broker.connect(AMQP_URL, purpose="test", timeout=5, heartbeat=7)
         robust = await broker.connect(AMQP_URL, purpose="test", robust=True)

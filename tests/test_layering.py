@@ -128,7 +128,7 @@ def violations(tree: Mapping[str, str]) -> list[str]:
         if within(what, "bridge.cli") and not within(who, "bridge.cli", "bridge.__main__"):
             found.append(f"{imp}: nothing imports the CLI")
         if within(what, "bridge._pynetdicom") and not within(
-            who, "bridge._pynetdicom", "bridge.scp", "bridge.scu", "bridge.ops"
+            who, "bridge._pynetdicom", "bridge.scp", "bridge.scu"
         ):
             found.append(f"{imp}: pynetdicom's internals serve the DICOM side only")
         private = top == "pynetdicom" and any(part.startswith("_") for part in what.split("."))
