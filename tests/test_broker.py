@@ -99,6 +99,42 @@ def test_keep_trying_logs_each_failure_redacted_then_returns(
     assert "s3cret" not in caplog.text
 
 
+def test_keep_trying_stops_when_cancelled_even_if_the_attempt_hides_the_cancel() -> None:
+    """aio-pika turns a cancel in mid-connect into a connection error: the retry loop must
+    still end (a bridge that cannot bind its port unwinds and exits)."""
+    attempts: list[int] = []
+
+    async def attempt() -> None:
+        attempts.append(1)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ConnectionRefusedError(111, "connect call failed") from None
+
+    async def nothing() -> None:
+        return None
+
+    async def main() -> None:
+        task = asyncio.create_task(
+            broker.keep_trying(
+                attempt,
+                url="amqp://127.0.0.1:1/",
+                trouble="unreachable",
+                logger=logging.getLogger("tests.broker"),
+                after_failure=nothing,
+                policy=broker.Backoff(first=0.01, cap=0.01),
+            )
+        )
+        await asyncio.sleep(0.05)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        assert task in done, "keep_trying went on retrying after its cancel"
+        assert task.cancelled()
+
+    asyncio.run(main())
+    assert len(attempts) == 1
+
+
 def test_ready_within() -> None:
     async def main() -> tuple[bool, bool]:
         ready = asyncio.Event()

@@ -99,6 +99,11 @@ async def keep_trying(
         try:
             return await attempt()
         except CONNECT_ERRORS as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # aio-pika and aiormq turn a cancel in mid-connect into a connection error:
+                # the cancel is what happened, and retrying would outlive it.
+                raise asyncio.CancelledError from exc
             delay = next(delays)
             reason = describe_error(exc)
             if secret:
