@@ -20,6 +20,7 @@ from tests.harness import (
     bridge_settings,
     broker_reachable,
     delete_exchange,
+    stopping,
 )
 
 BROKER_PORT = urlsplit(AMQP_URL).port or 5672
@@ -108,17 +109,11 @@ BridgeFactory = Callable[..., BridgeHarness]
 
 @pytest.fixture
 def make_bridge(exchange: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeFactory]:
-    started: list[BridgeHarness] = []
-
     def make(**overrides: Any) -> BridgeHarness:
         overrides.setdefault("spool_dir", tmp_path_factory.mktemp("bridge-spool"))
-        harness = BridgeHarness(bridge_settings(exchange, **overrides))
-        started.append(harness)
-        return harness
+        return BridgeHarness(bridge_settings(exchange, **overrides))
 
-    yield make
-    for harness in started:
-        harness.stop()
+    yield from stopping(make)
 
 
 @pytest.fixture
@@ -133,18 +128,12 @@ ConsumerFactory = Callable[..., ConsumerHarness]
 
 @pytest.fixture
 def make_consumer(exchange: str) -> Iterator[ConsumerFactory]:
-    started: list[ConsumerHarness] = []
-
     def make(
         handler: Any, services: tuple[Service, ...] = SINGLE_REPLY_SERVICES, **filters: str
     ) -> ConsumerHarness:
-        harness = ConsumerHarness(exchange, handler, services, **filters)
-        started.append(harness)
-        return harness
+        return ConsumerHarness(exchange, handler, services, **filters)
 
-    yield make
-    for harness in started:
-        harness.stop()
+    yield from stopping(make)
 
 
 @pytest.fixture
@@ -161,15 +150,10 @@ RawFactory = Callable[..., RawResponder]
 @pytest.fixture
 def raw(exchange: str) -> Iterator[RawFactory]:
     """Consumers without the SDK (:class:`RawResponder`), stopped after the test."""
-    started: list[RawResponder] = []
 
     def make(
         reply: Callable[[Any], bytes | list[bytes] | None], pattern: str = "#"
     ) -> RawResponder:
-        responder = RawResponder(exchange, reply, pattern)
-        started.append(responder)
-        return responder
+        return RawResponder(exchange, reply, pattern)
 
-    yield make
-    for responder in started:
-        responder.stop()
+    yield from stopping(make)

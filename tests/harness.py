@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import aio_pika
 from pydicom.dataset import Dataset
@@ -34,6 +34,30 @@ from bridge.sdk.consumer import Consumer, Handler, Request
 from tests.waiting import eventually
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Stoppable)
+
+
+def stopping(make: Callable[P, S]) -> Iterator[Callable[P, S]]:
+    """A factory fixture's body: yields ``make``, then stops what it made, in the order it
+    made them (``yield from stopping(make)``)."""
+    started: list[S] = []
+
+    def tracked(*args: P.args, **kwargs: P.kwargs) -> S:
+        thing = make(*args, **kwargs)
+        started.append(thing)
+        return thing
+
+    yield tracked
+    for thing in started:
+        thing.stop()
+
 
 AMQP_URL = os.environ.get("BRIDGE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 

@@ -46,7 +46,14 @@ from bridge.sdk.client import CommandClient, CommandFailed, CommandResult
 from bridge.sdk.consumer import Request, Response
 from bridge.transport.bulkstore import DirectoryStore
 from tests.conftest import BridgeFactory, ConsumerFactory
-from tests.harness import AMQP_URL, LoopThread, association, free_port, make_dataset
+from tests.harness import (
+    AMQP_URL,
+    LoopThread,
+    association,
+    free_port,
+    make_dataset,
+    stopping,
+)
 from tests.schemas import validator
 from tests.waiting import eventually
 
@@ -254,16 +261,10 @@ def bulk(tmp_path: Path) -> DirectoryStore:
 
 @pytest.fixture
 def make_commander(exchange: str, bulk: DirectoryStore) -> Iterator[CommanderFactory]:
-    started: list[CommanderHarness] = []
-
     def make(ae_table: dict[str, int] | None = None, **overrides: Any) -> CommanderHarness:
-        harness = CommanderHarness(exchange, ae_table or {}, bulk, **overrides)
-        started.append(harness)
-        return harness
+        return CommanderHarness(exchange, ae_table or {}, bulk, **overrides)
 
-    yield make
-    for harness in started:
-        harness.stop()
+    yield from stopping(make)
 
 
 @pytest.fixture

@@ -471,13 +471,8 @@ class Commander:
         try:
             with broker.publishing(message.reply_to, timeout, what="reply"):
                 await channel.default_exchange.publish(
-                    aio_pika.Message(
-                        body,
-                        content_type="application/json",
-                        correlation_id=message.correlation_id,
-                        delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-                        type="command-reply",
-                        app_id="dicom-bridge",
+                    broker.reply_message(
+                        body, message.correlation_id, type="command-reply", app_id="dicom-bridge"
                     ),
                     routing_key=message.reply_to,
                     mandatory=True,

@@ -55,7 +55,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import aio_pika
 import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -545,12 +544,7 @@ class Consumer:
         if not message.reply_to or channel is None:
             return
         await channel.default_exchange.publish(
-            aio_pika.Message(
-                body,
-                content_type="application/json",
-                correlation_id=message.correlation_id,
-                delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-            ),
+            broker.reply_message(body, message.correlation_id),
             routing_key=message.reply_to,
             mandatory=True,
         )

@@ -22,7 +22,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Final, Literal, TypeVar, overload
+from typing import Any, Final, Literal, TypeVar, overload
 
 import aio_pika
 import aiormq
@@ -242,6 +242,18 @@ async def work_channels(
 
 
 # -- publishing ---------------------------------------------------------------------------
+
+
+def reply_message(body: bytes, correlation_id: str | None, **properties: Any) -> aio_pika.Message:
+    """A reply to ``reply_to``: JSON, correlated, transient (the requester's reply queue is
+    exclusive: it dies with the requester). ``properties``: more AMQP properties."""
+    return aio_pika.Message(
+        body,
+        content_type="application/json",
+        correlation_id=correlation_id,
+        delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        **properties,
+    )
 
 
 @contextlib.contextmanager
