@@ -17,7 +17,6 @@ message names fields, tags and VRs, never values, so it is safe to log and to se
 from __future__ import annotations
 
 import functools
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -484,7 +483,6 @@ def _prepare_store(command: Command, decoded: dict[str, Dataset | None]) -> None
     dataset.file_meta.TransferSyntaxUID = UID(syntax or ExplicitVRLittleEndian)
 
 
-_TAG_IN_TEXT = re.compile(r"\(([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)")
 _CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 
 
@@ -533,13 +531,6 @@ def _encodes(char: str, encodings: list[str]) -> bool:
             continue
         return True
     return False
-
-
-def tag_of(text: str) -> str | None:
-    """The first ``(GGGG,EEEE)`` in ``text`` as ``GGGGEEEE``: the element a pydicom or
-    pynetdicom message is about, without the rest of the message (which may hold values)."""
-    match = _TAG_IN_TEXT.search(text)
-    return (match.group(1) + match.group(2)).upper() if match else None
 
 
 # -- replies ------------------------------------------------------------------------------
