@@ -67,6 +67,7 @@ from bridge.protocol import command as commands
 from bridge.protocol import dicomjson
 from bridge.protocol.envelope import iso_time
 from bridge.protocol.model import Service
+from bridge.protocol.values import json_object
 from bridge.transport import broker
 from bridge.transport.bulkstore import DirectoryStore, path_of, read_uri
 
@@ -516,13 +517,9 @@ class CommandClient:
             raise CommandFailed("no-reply", f"no reply within {timeout:g} s") from None
         if not body:
             raise CommandFailed("unavailable", "client closed")
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise CommandFailed("bad-reply", "reply is not JSON") from None
-        if not isinstance(document, dict):
-            raise CommandFailed("bad-reply", "reply is not a JSON object")
-        return CommandResult(document)
+        return CommandResult(
+            json_object(body, "reply", functools.partial(CommandFailed, "bad-reply"))
+        )
 
     async def _request(self, document: JSONDict, timeout: float) -> CommandResult:
         call = await self._publish(document)
