@@ -7,6 +7,7 @@ consumers run in their own event loop threads, as they do in production.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import socket
@@ -29,8 +30,10 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from bridge.config import BridgeSettings
 from bridge.ops import service
+from bridge.protocol import part10
 from bridge.protocol.model import Service
 from bridge.sdk.consumer import Consumer, Handler, Request
+from bridge.transport.bulkstore import path_of
 from tests.waiting import eventually
 
 T = TypeVar("T")
@@ -423,3 +426,31 @@ def commitment_info() -> Dataset:
         ReferencedSOPInstanceUID="1.2.826.0.1.3680043.8.498.2",
     )
     return make_dataset(TransactionUID=TRANSACTION_UID, ReferencedSOPSequence=[item])
+
+
+def inline_references(document: Any, whole: bytes | None) -> Any:
+    """A DICOM JSON dataset with every reference into the envelope's Part 10 file
+    (``?offset=O&length=L``) replaced by the InlineBinary of those bytes: what the
+    dataset's JSON is without the Part 10 file."""
+    if isinstance(document, dict):
+        uri = document.get("BulkDataURI")
+        if isinstance(uri, str) and uri.startswith("?"):
+            assert whole is not None, "a reference without a Part 10 file"
+            data = part10.slice_reference(whole, uri)
+            rest = {k: v for k, v in document.items() if k != "BulkDataURI"}
+            return {**rest, "InlineBinary": base64.b64encode(data).decode()}
+        return {key: inline_references(value, whole) for key, value in document.items()}
+    if isinstance(document, list):
+        return [inline_references(value, whole) for value in document]
+    return document
+
+
+def part10_of(envelope: dict[str, Any]) -> bytes | None:
+    """The Part 10 file an envelope carries (inline or in the claim-check directory)."""
+    document = envelope.get("part10")
+    if document is None:
+        return None
+    ref = part10.from_json(document)
+    if ref.data is not None:
+        return ref.data
+    return path_of(str(ref.uri)).read_bytes()

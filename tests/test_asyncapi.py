@@ -112,6 +112,8 @@ def envelope(service: Service, sop_class: str, calling_ae: str = "MY.AE") -> dic
     }
     for name in service.spec.request_datasets:
         document[name] = None
+    if service is Service.C_STORE:
+        document["part10"] = None
     if service.spec.streamed:
         document["identifier"] = {"00080052": {"vr": "CS", "Value": ["STUDY"]}}
         document["query_model"] = "study-root"

@@ -51,8 +51,9 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
+from bridge._pynetdicom import receive
 from bridge.errors import BridgeError
-from bridge.protocol import dicomjson
+from bridge.protocol import dicomjson, part10
 from bridge.protocol.envelope import AssociationInfo
 from bridge.protocol.model import Service
 from bridge.scp import received
@@ -70,6 +71,7 @@ INFO = AssociationInfo("assoc", "TEST-SCU", "DICOM-BRIDGE", "127.0.0.1", 1234)
 TIMESTAMP = datetime(2026, 1, 2, 3, 4, 5, 600000)
 URI = re.compile(rb'"BulkDataURI":"([^"]+)"')
 DEADLINE = re.compile(rb'"deadline":"[^"]+"')
+META = receive.DataSetMeta(CTImageStorage, INSTANCE, ExplicitVRLittleEndian)
 
 Outcome = tuple[str, bytes]
 """("ok", normalized body) or ("error", "<class>: <message>")."""
@@ -129,7 +131,9 @@ def _primitive(
     # pynetdicom makes the file in the DUL thread of the association: this one, here.
     thread: Any = threading.current_thread()
     if spool is not None:
-        thread.assoc = SimpleNamespace(ae=_spooling(spool))
+        thread.assoc = SimpleNamespace(
+            ae=_spooling(spool), requestor=SimpleNamespace(ae_title=INFO.calling_ae)
+        )
     try:
         for p_data in outgoing.encode_msg(1, 16384):
             if incoming.decode_msg(p_data, SimpleNamespace(_accepted_cx={1: context})):  # type: ignore[arg-type]
@@ -158,14 +162,40 @@ def _event(primitive: C_STORE, syntax: UID, sop_class: str = CTImageStorage) -> 
     return event
 
 
+def _part10_bytes(envelope: dict[str, Any]) -> bytes | None:
+    """The Part 10 file an envelope carries, inline or in the claim-check store."""
+    document = envelope.get("part10")
+    if document is None:
+        return None
+    ref = part10.from_json(document)
+    data = ref.data if ref.data is not None else path_of(cast(str, ref.uri)).read_bytes()
+    assert len(data) == document["length"]
+    return data
+
+
 def _normalized(body: bytes) -> bytes:
-    """The body with every BulkDataURI replaced by the SHA-256 of the file it names (so
-    that the contents are compared too) and the deadline (the clock) taken out."""
+    """The body with every BulkDataURI replaced by the SHA-256 of the bytes it names (a
+    claim-check file, or a range of the envelope's Part 10 file), the Part 10 file by the
+    SHA-256 of its data set (its File Meta differs with the receiving path), and the
+    deadline (the clock) taken out."""
+    envelope = orjson.loads(body)
+    whole = _part10_bytes(envelope)
 
     def digest(match: re.Match[bytes]) -> bytes:
-        data = path_of(match.group(1).decode()).read_bytes()
+        uri = match.group(1).decode()
+        if uri.startswith("?"):
+            assert whole is not None, "a reference without a Part 10 file"
+            data = part10.slice_reference(whole, uri)
+        else:
+            data = path_of(uri).read_bytes()
         return b'"BulkDataURI":"sha256:' + hashlib.sha256(data).hexdigest().encode() + b'"'
 
+    if whole is not None:
+        start = envelope["part10"]["dataset_offset"]
+        assert part10.read_meta(whole).dataset_offset == start
+        dataset = hashlib.sha256(whole[start:]).hexdigest()
+        envelope["part10"] = {"dataset sha256": dataset}
+        body = orjson.dumps(envelope)
     return DEADLINE.sub(b'"deadline":null', URI.sub(digest, body))
 
 
@@ -281,9 +311,8 @@ def test_envelope_from_file_is_the_in_memory_envelope(
         assert 20 < spilled < checked - 20, spilled
     if threshold == 16:  # no test file has a value over 1 MiB
         assert claimed > 100
-        # Copied from the received file; from a spool in memory, stored from memory.
-        expected = {None: 100, 0: 100, 2000: 50}
-        assert store.ranges > expected[spool] if spool in expected else store.ranges == 0
+        # A value in the received Part 10 file is referenced there, never copied.
+        assert store.ranges == 0
     assert not list(store.root.iterdir()), "claim-check files left behind"
 
 
@@ -389,14 +418,17 @@ def _large_data_set(megabytes: int) -> tuple[Dataset, bytes]:
     return ds, pixels
 
 
-def test_large_value_is_copied_without_passing_through_memory(store: DirectoryStore) -> None:
-    """A 32 MB Pixel Data goes from the received file to the claim-check store: the
-    envelope build allocates a small fraction of it (the in-memory path holds it twice)."""
-    ds, pixels = _large_data_set(32)
-    data = encode(ds, False, True)
+def test_large_value_stays_in_the_received_file(store: DirectoryStore) -> None:
+    """A 32 MB Pixel Data stays in the received Part 10 file, which goes to the
+    claim-check store as a link (no byte copied); the envelope refers into it and its
+    build allocates a small fraction of it (the in-memory path holds it twice)."""
+    ds_again, pixels = _large_data_set(32)
+    data = encode(ds_again, False, True)
     assert data is not None
-    primitive = _primitive(data, ExplicitVRLittleEndian, to_file=True, sop_class=MULTIFRAME)
-    del data, ds
+    primitive = _primitive(
+        data, ExplicitVRLittleEndian, to_file=True, sop_class=MULTIFRAME, spool=1 << 20
+    )
+    del data
     event = _event(primitive, ExplicitVRLittleEndian, MULTIFRAME)
     limits = Limits(reply_timeout=10, publish_timeout=5, bulk_threshold=1 << 20,
                     max_message_size=1 << 24)  # fmt: skip
@@ -409,9 +441,17 @@ def test_large_value_is_copied_without_passing_through_memory(store: DirectorySt
         tracemalloc.stop()
     assert peak < 2 << 20, f"{peak / 1e6:.1f} MB allocated for a 32 MB value"
     envelope = orjson.loads(body)
-    uri = envelope["dataset"]["7FE00010"]["BulkDataURI"]
-    assert path_of(uri).read_bytes() == pixels
+    reference = envelope["dataset"]["7FE00010"]["BulkDataURI"]
+    uri = envelope["part10"]["BulkDataURI"]
+    whole = path_of(uri).read_bytes()
+    assert part10.slice_reference(whole, reference) == pixels
+    assert whole[envelope["part10"]["dataset_offset"] :] == encode(ds_again, False, True)
+    assert len(whole) == envelope["part10"]["length"]
+    meta = part10.read_meta(whole)
+    assert (meta.sop_class_uid, meta.sop_instance_uid) == (MULTIFRAME, INSTANCE)
+    assert meta.transfer_syntax == ExplicitVRLittleEndian
     assert not Path(str(primitive._dataset_path)).exists()
+    assert [p.name for p in store.root.iterdir()] == [path_of(uri).name]  # nothing copied
     conversation.close()
     assert not path_of(uri).exists()
 
@@ -483,7 +523,7 @@ def _written_spool(directory: Path, limit: int, size: int) -> received.Spool:
     """A spool as pynetdicom leaves it after receiving ``size`` bytes of data set."""
     spool = received.Spool(directory, limit)
     spool.write(b"\0" * 128)  # the preamble, dropped
-    spool.begin()
+    spool.begin(META)
     spool.write(os.urandom(size))
     spool.file.flush()
     return spool
@@ -502,7 +542,9 @@ def test_spool_keeps_small_data_sets_in_memory_and_spills_large_ones(tmp_path: P
     assert not list(tmp_path.iterdir())
     memory = small.memory()
     assert memory is not None
-    assert memory.getvalue() == data
+    head = memory.getvalue()[: small.header_length]
+    assert part10.read_meta(head).sop_instance_uid == INSTANCE
+    assert memory.getvalue() == head + data
     name = Path(small.name)
     assert name.parent == tmp_path
     assert name.name.startswith(received.PREFIX)
@@ -515,7 +557,7 @@ def test_spool_keeps_small_data_sets_in_memory_and_spills_large_ones(tmp_path: P
     large.file.flush()
     assert large.spilled
     assert large.memory() is None
-    assert Path(large.name).read_bytes() == data + b"tail"
+    assert Path(large.name).read_bytes() == head + data + b"tail"
     assert Path(large.name).stat().st_mode & 0o777 == 0o600
     assert Path(small.name) != Path(large.name)
     for spool in (small, large):  # as pynetdicom's C-STORE service class, after the handler
@@ -526,7 +568,7 @@ def test_spool_keeps_small_data_sets_in_memory_and_spills_large_ones(tmp_path: P
     assert not list(tmp_path.iterdir())
     taken = received.Spool(tmp_path, 0)
     Path(taken.name).write_bytes(b"someone else's")
-    taken.begin()
+    taken.begin(META)
     with pytest.raises(FileExistsError):  # never writes into a file it did not create
         taken.write(b"x")
     taken.discard()
@@ -552,7 +594,7 @@ def test_receiving_a_large_data_set_holds_at_most_the_spool_limit(tmp_path: Path
     handle: Any = primitive._dataset_file
     assert isinstance(handle, received.Spool)
     assert handle.spilled
-    assert os.path.getsize(handle.name) == len(data)
+    assert os.path.getsize(handle.name) == handle.header_length + len(data)
     handle.discard()
     assert not os.path.exists(handle.name)
 
@@ -638,27 +680,36 @@ def bulk_bridge(make_bridge: BridgeFactory, tmp_path: Path) -> Any:
     return harness
 
 
-def _digested(document: Any) -> Any:
-    """A dataset's JSON with each BulkDataURI replaced by the SHA-256 of its bytes."""
+def _digested(document: Any, read: Callable[[str], bytes]) -> Any:
+    """A dataset's JSON with each BulkDataURI replaced by the SHA-256 of the bytes
+    ``read(uri)`` gives."""
     if isinstance(document, dict):
         if "BulkDataURI" in document:
-            data = path_of(document["BulkDataURI"]).read_bytes()
+            data = read(document["BulkDataURI"])
             return {**document, "BulkDataURI": "sha256:" + hashlib.sha256(data).hexdigest()}
-        return {key: _digested(value) for key, value in document.items()}
+        return {key: _digested(value, read) for key, value in document.items()}
     if isinstance(document, list):
-        return [_digested(value) for value in document]
+        return [_digested(value, read) for value in document]
     return document
+
+
+def _received_part10(request: Request) -> bytes:
+    """The Part 10 file of a request, read whole."""
+    found = request.part10
+    assert found is not None
+    return found if isinstance(found, bytes) else found.read()
 
 
 @pytest.mark.timeout(60)
 def test_large_store_through_the_bridge(bulk_bridge: Any, make_consumer: ConsumerFactory) -> None:
-    """A 32 MB instance: received into a file, its Pixel Data claim-checked from there; the
-    consumer gets the exact bytes and the dataset JSON of the in-memory path; the received
+    """A 32 MB instance: received into a file, which goes to the claim-check store as the
+    request's Part 10 file; the consumer gets the exact bytes sent, and the dataset JSON of
+    the in-memory path with its large values referring into the Part 10 file; the received
     file is gone before the consumer sees the request, the claim-check file after."""
     ds, pixels = _large_data_set(32)
 
     def digest(tag: int, vr: str, value: bytes) -> str | None:
-        if len(value) <= bulk_bridge.settings.bulk_threshold:
+        if len(value) <= received.REFERENCE_MIN:
             return None
         return "sha256:" + hashlib.sha256(value).hexdigest()
 
@@ -666,9 +717,10 @@ def test_large_store_through_the_bridge(bulk_bridge: Any, make_consumer: Consume
     directory = _receive_dir(bulk_bridge)
 
     def handler(request: Request) -> int:
-        seen["json"] = orjson.dumps(_digested(request.envelope["dataset"]))
+        seen["json"] = orjson.dumps(_digested(request.envelope["dataset"], request._bulk_value))
         seen["pixels"] = request.dataset.PixelData == pixels if request.dataset else False
-        seen["uri"] = request.envelope["dataset"]["7FE00010"]["BulkDataURI"]
+        seen["uri"] = request.envelope["part10"]["BulkDataURI"]
+        seen["part10"] = _received_part10(request)
         seen["received files"] = _received_files(directory)
         return 0
 
@@ -685,6 +737,8 @@ def test_large_store_through_the_bridge(bulk_bridge: Any, make_consumer: Consume
     expected = orjson.dumps(dicomjson.dataset_to_json(in_memory, bulk_data=digest))
     assert seen["pixels"] is True
     assert seen["json"] == expected
+    whole = seen["part10"]
+    assert whole[part10.read_meta(whole).dataset_offset :] == encoded
     assert seen["received files"] == []
     assert not path_of(seen["uri"]).exists(), "claim-check file not deleted after the reply"
     _wait_empty(directory)
@@ -766,20 +820,42 @@ def test_oversize_data_set_refused_and_its_file_deleted(
 def test_small_store_and_data_set_file_of_a_test_file(
     bulk_bridge: Any, make_consumer: ConsumerFactory
 ) -> None:
-    """CT_small through the bridge: the dataset JSON is the in-memory one (no bulk data)."""
+    """CT_small through the bridge: the Part 10 file travels inline and holds the bytes
+    sent; the dataset JSON is the in-memory one, values over 1 KiB (Pixel Data) referring
+    into the file."""
     path = get_testdata_file("CT_small.dcm", download=False)
     assert isinstance(path, str)
     data, syntax = _stored_data_set(path)
     in_memory = decode(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
-    expected = orjson.dumps(dicomjson.dataset_to_json(in_memory))
-    seen: list[bytes] = []
+
+    def digest(tag: int, vr: str, value: bytes) -> str | None:
+        if len(value) <= received.REFERENCE_MIN:
+            return None
+        return "sha256:" + hashlib.sha256(value).hexdigest()
+
+    expected = orjson.dumps(dicomjson.dataset_to_json(in_memory, bulk_data=digest))
+    seen: list[tuple[bytes, Any, str]] = []
 
     def handler(request: Request) -> int:
-        seen.append(orjson.dumps(request.envelope["dataset"]))
+        document = request.envelope["dataset"]
+        json = orjson.dumps(_digested(document, request._bulk_value))
+        seen.append((json, request.part10, document["7FE00010"]["BulkDataURI"]))
         return 0
 
     make_consumer(handler, (Service.C_STORE,))
     with association(bulk_bridge.port, [CTImageStorage]) as assoc:
         assert assoc.send_c_store(path).Status == 0
-    assert seen == [expected]
+        accepted = assoc.accepted_contexts[0].transfer_syntax[0]
+    [(json, whole, reference)] = seen
+    assert json == expected
+    assert part10.parse_reference(reference) is not None
+    assert isinstance(whole, bytes)
+    meta = part10.read_meta(whole)
+    assert meta.transfer_syntax == accepted
+    assert meta.sop_class_uid == CTImageStorage
+    assert meta.sop_instance_uid == in_memory.SOPInstanceUID
+    assert meta.source_ae == "TEST-SCU"
+    # pynetdicom sent the file's data set re-encoded in the accepted transfer syntax.
+    sent = encode(in_memory, accepted.is_implicit_VR, accepted.is_little_endian)
+    assert whole[meta.dataset_offset :] == sent
     _wait_empty(_receive_dir(bulk_bridge))

@@ -37,7 +37,9 @@ from tests.harness import (
     Recorder,
     association,
     commitment_info,
+    inline_references,
     make_dataset,
+    part10_of,
 )
 from tests.schemas import validate_envelope
 
@@ -311,7 +313,7 @@ def test_request_travels_to_consumer_and_reply_reaches_peer(
         if sent is None:
             assert envelope[name] is None
         else:
-            assert envelope[name] == dataset_to_json(sent)
+            assert inline_references(envelope[name], part10_of(envelope)) == dataset_to_json(sent)
             decoded = getattr(request, name)
             assert dataset_to_json(decoded) == dataset_to_json(sent)
 

@@ -13,9 +13,10 @@ deletes it (ignoring errors) once the handler returns.
 
 :func:`receive_into_files` turns that on for the process and replaces the three names,
 for ``decode_msg`` only: a file for an association of an AE the factory knows is the
-factory's :class:`DataSetFile`, which gets no File Meta Information (building it costs
-0.2 ms of CPU per store) but :meth:`DataSetFile.begin` where it would be written; any
-other association gets pynetdicom's own file, exactly as pynetdicom makes it.
+factory's :class:`DataSetFile`, which gets no pydicom File Meta Information (building it
+costs 0.2 ms of CPU per store) but :meth:`DataSetFile.begin` with its facts (SOP class and
+instance, transfer syntax) where it would be written; any other association gets
+pynetdicom's own file, exactly as pynetdicom makes it.
 :func:`arriving_file`, :func:`queued_files` and :func:`received_file` find the files
 pynetdicom holds.
 """
@@ -34,7 +35,6 @@ from pydicom import filewriter
 from pynetdicom import _config, dimse_messages, dsutils
 
 if TYPE_CHECKING:
-    from pynetdicom import AE
     from pynetdicom.association import Association
     from pynetdicom.events import Event
 
@@ -60,8 +60,9 @@ class DataSetFile(abc.ABC):
         return self
 
     @abc.abstractmethod
-    def begin(self) -> None:
-        """The data set starts with the next write."""
+    def begin(self, meta: DataSetMeta) -> None:
+        """The data set starts with the next write; ``meta`` is what pynetdicom would have
+        put in its File Meta Information."""
 
     @abc.abstractmethod
     def write(self, data: bytes) -> int: ...
@@ -73,9 +74,19 @@ class DataSetFile(abc.ABC):
     def close(self) -> None: ...
 
 
-FileFactory = Callable[["AE"], DataSetFile | None]
-"""``factory(ae)``: the file for a data set arriving on an association of ``ae``, or None
-for pynetdicom's own file. Called in the association's DUL thread."""
+@dataclass(frozen=True, slots=True)
+class DataSetMeta:
+    """The facts of an arriving C-STORE data set that pynetdicom passes to
+    ``create_file_meta``: from the request's command set and the accepted context."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+
+
+FileFactory = Callable[["Association"], DataSetFile | None]
+"""``factory(assoc)``: the file for a data set arriving on ``assoc``, or None for
+pynetdicom's own file. Called in the association's DUL thread."""
 
 _lock = threading.Lock()
 _factory: FileFactory | None = None
@@ -105,9 +116,9 @@ def named_temporary_file(*args: Any, **kwargs: Any) -> Any:
 
     pynetdicom calls it in its DUL thread, which knows its association.
     """
-    ae = getattr(getattr(threading.current_thread(), "assoc", None), "ae", None)
+    assoc = getattr(threading.current_thread(), "assoc", None)
     factory = _factory
-    made = factory(ae) if ae is not None and factory is not None else None
+    made = factory(assoc) if assoc is not None and factory is not None else None
     if made is not None:
         return made
     return tempfile.NamedTemporaryFile(*args, **kwargs)
@@ -131,7 +142,14 @@ def write_file_meta(fp: Any, file_meta: Any, *args: Any, **kwargs: Any) -> None:
     """pynetdicom's ``write_file_meta_info`` in ``decode_msg``: :meth:`DataSetFile.begin`
     for a :class:`DataSetFile`, pydicom's for any other file."""
     if isinstance(fp, DataSetFile):
-        fp.begin()
+        arguments = file_meta.kwargs if isinstance(file_meta, _FileMetaArguments) else {}
+        fp.begin(
+            DataSetMeta(
+                sop_class_uid=str(arguments.get("sop_class_uid") or ""),
+                sop_instance_uid=str(arguments.get("sop_instance_uid") or ""),
+                transfer_syntax=str(arguments.get("transfer_syntax") or ""),
+            )
+        )
         return
     if isinstance(file_meta, _FileMetaArguments):
         file_meta = _create_file_meta(*file_meta.args, **file_meta.kwargs)

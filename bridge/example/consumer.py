@@ -10,6 +10,7 @@ store -> find -> get, docs/consumers.md for move.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from bridge.config import ConsumerSettings
-from bridge.example.qrindex import Index, QueryError, QueryModel, query_model
+from bridge.example.qrindex import Index, QueryError, QueryModel, query_model, record_from_json
 from bridge.protocol.model import Service
 from bridge.sdk.consumer import Consumer, Request, Response
 
@@ -57,16 +58,23 @@ def _refusal(request: Request, exc: QueryError) -> Response:
 class ExampleConsumer:
     """Handlers for every service, around one index."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, fsync: bool = False) -> None:
         self.index = Index(data_dir)
+        self.fsync = fsync
 
     def store(self, request: Request) -> Response:
+        """Keep the received bytes (the Part 10 file the bridge made, saved without
+        decoding it) and index the instance from the envelope's JSON."""
         _log(request)
-        dataset, meta = request.dataset, request.file_meta
-        if dataset is None or meta is None:
+        document = request.envelope.get("dataset")
+        if document is None or request.envelope.get("part10") is None:
             return Response(0xA900, error_comment="C-STORE without a data set")
         try:
-            self.index.add(dataset, meta)
+            syntax = str(request.envelope["context"]["transfer_syntax"])
+            record = record_from_json(document, syntax, Path())
+            path = self.index.path_for(record.sop_instance_uid)
+            request.save(path, fsync=self.fsync)
+            self.index.put(dataclasses.replace(record, path=path))
         except ValueError as exc:
             return Response(0xA900, error_comment=str(exc)[:64])
         except OSError as exc:

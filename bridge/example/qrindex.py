@@ -96,12 +96,13 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
 from enum import IntEnum, StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from pynetdicom import sop_class
 
+from bridge.protocol.dicomjson import json_to_dataset
 from bridge.protocol.values import is_loose_uid
 
 log = logging.getLogger(__name__)
@@ -858,10 +860,15 @@ class _Record:
     modality: str
     transfer_syntax: str
     path: Path
-    summary: Dataset = field(repr=False)
-    """The instance's attributes without bulk data and private elements."""
+    make_summary: Callable[[], Dataset] = field(repr=False)
     offset: int
     """Its Timezone Offset From UTC in minutes (0 if none)."""
+
+    @cached_property
+    def summary(self) -> Dataset:
+        """The instance's attributes without bulk data and private elements: decoded when
+        a query first needs them, not when the instance is stored."""
+        return self.make_summary()
 
     def key(self, level: _Level) -> str:
         if level is _Level.PATIENT:
@@ -902,13 +909,18 @@ def _string(dataset: Dataset, keyword: str) -> str:
     return str(value).strip(" \0")
 
 
-def _record(dataset: Dataset, transfer_syntax: str, path: Path) -> _Record:
+def _checked_uids(get: Callable[[str], str]) -> dict[str, str]:
     uids = {}
     for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        uid = _string(dataset, keyword)
+        uid = get(keyword)
         if not is_loose_uid(uid):
             raise ValueError(f"the dataset has no valid {keyword}")
         uids[keyword] = uid
+    return uids
+
+
+def _record(dataset: Dataset, transfer_syntax: str, path: Path) -> _Record:
+    uids = _checked_uids(lambda keyword: _string(dataset, keyword))
     summary = _summary(dataset)
     return _Record(
         sop_instance_uid=uids["SOPInstanceUID"],
@@ -919,8 +931,61 @@ def _record(dataset: Dataset, transfer_syntax: str, path: Path) -> _Record:
         modality=_string(dataset, "Modality"),
         transfer_syntax=transfer_syntax,
         path=path,
-        summary=summary,
+        make_summary=lambda: summary,
         offset=_offset(_string(dataset, "TimezoneOffsetFromUTC")) or 0,
+    )
+
+
+def _json_string(document: Mapping[str, Any], keyword: str) -> str:
+    """The first value of a string element of a DICOM JSON dataset ("" if none)."""
+    element = document.get(f"{_tag(keyword):08X}")
+    values = element.get("Value") if isinstance(element, Mapping) else None
+    if not values or not isinstance(values[0], str | int | float):
+        return ""
+    return str(values[0]).strip(" \0")
+
+
+def _json_summary(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A DICOM JSON dataset without bulk data and private elements (what
+    :func:`_summary` keeps of a Dataset)."""
+    summary: dict[str, Any] = {}
+    for key, element in document.items():
+        tag = int(key, 16)
+        group, number = tag >> 16, tag & 0xFFFF
+        if group in (0x0000, 0x0002, 0x7FE0) or group % 2 or number == 0:
+            continue
+        if 0x6000 <= group <= 0x60FF and number == 0x3000:  # overlay data
+            continue
+        vr = element.get("vr")
+        if vr in _BULK_VRS:
+            continue
+        if vr == "SQ" and element.get("Value"):
+            items = [_json_summary(item) if isinstance(item, Mapping) else item
+                     for item in element["Value"]]  # fmt: skip
+            summary[key] = {**element, "Value": items}
+        else:
+            summary[key] = element
+    return summary
+
+
+def record_from_json(document: Mapping[str, Any], transfer_syntax: str, path: Path) -> _Record:
+    """The index record of an instance stored at ``path``, made from its DICOM JSON
+    dataset (``bridge.protocol.dicomjson``) without decoding it: the attributes a query
+    returns are decoded when one first needs them. Raises ValueError when a UID that
+    places the instance in the hierarchy is missing or invalid."""
+    uids = _checked_uids(lambda keyword: _json_string(document, keyword))
+    summary = _json_summary(document)
+    return _Record(
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        patient_id=_json_string(document, "PatientID"),
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        modality=_json_string(document, "Modality"),
+        transfer_syntax=transfer_syntax,
+        path=path,
+        make_summary=lambda: _summary(json_to_dataset(summary)),
+        offset=_offset(_json_string(document, "TimezoneOffsetFromUTC")) or 0,
     )
 
 
@@ -1002,16 +1067,69 @@ class Index:
         self._directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
-        for path in sorted(self._directory.glob("*.dcm")):
+        self._seen: dict[str, tuple[int, int]] = {}
+        """File name -> (inode, mtime in ns) of every ``*.dcm`` file indexed or skipped."""
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Index the ``*.dcm`` files in the directory that are new or changed since the
+        index last looked (stored by another process sharing the directory); returns
+        how many. Files that are gone leave the index."""
+        found: dict[str, tuple[int, int]] = {}
+        with os.scandir(self._directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(".dcm") and not entry.name.startswith("."):
+                    with contextlib.suppress(OSError):
+                        info = entry.stat()
+                        found[entry.name] = (info.st_ino, info.st_mtime_ns)
+        with self._lock:
+            changed = sorted(n for n, key in found.items() if self._seen.get(n) != key)
+            gone = [n for n in self._seen if n not in found]
+            for name in gone:
+                del self._seen[name]
+                path = self._directory / name
+                for uid in [u for u, r in self._records.items() if r.path == path]:
+                    del self._records[uid]
+        indexed = 0
+        for name in changed:
+            path = self._directory / name
             try:
                 dataset = dcmread(path, stop_before_pixels=True)
                 syntax = str(dataset.file_meta.get("TransferSyntaxUID", "")).strip(" \0")
                 record = _record(dataset, syntax, path)
             except Exception as exc:  # a foreign or broken file: leave it alone
-                log.warning("qrindex: %s is not indexed: %s", path.name, type(exc).__name__)
+                log.warning("qrindex: %s is not indexed: %s", name, type(exc).__name__)
+                with self._lock:
+                    self._seen[name] = found[name]
                 continue
-            self._records.pop(record.sop_instance_uid, None)
+            with self._lock:
+                self._seen[name] = found[name]
+                self._records.pop(record.sop_instance_uid, None)
+                self._records[record.sop_instance_uid] = record
+            indexed += 1
+        return indexed
+
+    def path_for(self, sop_instance_uid: str) -> Path:
+        """Where the instance with ``sop_instance_uid`` is stored. Raises ValueError for
+        an invalid UID (it names the file)."""
+        if not is_loose_uid(sop_instance_uid):
+            raise ValueError("the dataset has no valid SOPInstanceUID")
+        return self._directory / f"{sop_instance_uid}.dcm"
+
+    def put(self, record: _Record) -> None:
+        """Index an instance whose file is in place at ``record.path``; it replaces an
+        instance with the same SOP Instance UID (whose file, if elsewhere, is deleted)."""
+        try:
+            info = record.path.stat()
+            key = (info.st_ino, info.st_mtime_ns)
+        except OSError:
+            key = (0, 0)
+        with self._lock:
+            old = self._records.pop(record.sop_instance_uid, None)
             self._records[record.sop_instance_uid] = record
+            self._seen[record.path.name] = key
+            if old is not None and old.path != record.path:
+                old.path.unlink(missing_ok=True)
 
     def __len__(self) -> int:
         with self._lock:
@@ -1046,12 +1164,8 @@ class Index:
         os.close(handle)
         try:
             dcmwrite(temporary, out, enforce_file_format=True)
-            with self._lock:
-                os.replace(temporary, path)
-                old = self._records.pop(record.sop_instance_uid, None)
-                self._records[record.sop_instance_uid] = record
-                if old is not None and old.path != path:
-                    old.path.unlink(missing_ok=True)
+            os.replace(temporary, path)
+            self.put(record)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
@@ -1072,6 +1186,7 @@ class Index:
         if model is QueryModel.COMPOSITE_INSTANCE_ROOT:
             raise QueryError(SOP_CLASS_NOT_SUPPORTED, "the model supports no C-FIND")
         plan = self._plan_find(identifier, model)
+        self.refresh()
         with self._lock:
             snapshot = list(self._records.values())
         return self._matches(plan, snapshot)
@@ -1090,6 +1205,7 @@ class Index:
             selection.append((above, values))
             if above is level:
                 break
+        self.refresh()
         with self._lock:
             snapshot = list(self._records.values())
         return [

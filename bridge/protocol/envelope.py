@@ -130,6 +130,9 @@ class Envelope:
     """C-FIND/C-GET/C-MOVE: the SOP class's information model (None when unknown)."""
     query_level: str | None = None
     """C-FIND/C-GET/C-MOVE: the Identifier's Query/Retrieve Level."""
+    part10: JSONDict | None = None
+    """C-STORE: the data set as received, as a Part 10 file (:mod:`bridge.protocol.part10`);
+    None when the request has no data set."""
 
     @property
     def reply_expected(self) -> bool:
@@ -162,6 +165,8 @@ class Envelope:
         if self.deadline is None:
             document["reply_expected"] = False
         document.update(self.datasets)
+        if self.service is Service.C_STORE:
+            document["part10"] = self.part10
         if self.service.spec.streamed:
             document["query_model"] = self.query_model
             document["query_level"] = self.query_level
@@ -213,6 +218,7 @@ class Envelope:
                 datasets={name: document[name] for name in service.spec.request_datasets},
                 query_model=document.get("query_model"),
                 query_level=document.get("query_level"),
+                part10=document.get("part10"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CodecError(f"not an envelope ({type(exc).__name__})") from exc

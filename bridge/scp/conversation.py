@@ -11,6 +11,7 @@ correlation id and deletes the claim-check files it wrote. Every method raises o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -19,13 +20,17 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
 
 from bridge.errors import BrokerUnavailable, CodecError, Failure, ReplyError, ReplyTimeout
 from bridge.ops import tracing
 from bridge.ops.logging import request_context
 from bridge.ops.metrics import Metrics
-from bridge.protocol.envelope import AssociationInfo, Envelope, build_envelope
+from bridge.protocol import part10
+from bridge.protocol.envelope import AssociationInfo, Envelope, JSONDict, build_envelope
 from bridge.protocol.model import Service
 from bridge.protocol.reply import Reply, parse_reply
 from bridge.scp import received
@@ -35,6 +40,7 @@ from bridge.transport.bulkstore import BulkStore
 from bridge.transport.seam import Seam
 
 if TYPE_CHECKING:
+    from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.events import Event
 
 log = logging.getLogger(__name__)
@@ -111,20 +117,56 @@ class Conversation:
         return uri
 
     def _dataset_file(self) -> received.ReceivedDataSet | None:
-        """The C-STORE data set pynetdicom received into a spool or a file
-        (:mod:`bridge.scp.received`), not read yet; None when the request holds its data set
-        in ``DataSet``."""
+        """The C-STORE data set as a Part 10 file, not read yet: the spool or file
+        pynetdicom received it into (:mod:`bridge.scp.received`), or, when it was received
+        into memory, its bytes behind File Meta Information made from the request. None
+        for other services and for a C-STORE without a data set."""
         if self.service is not Service.C_STORE:
             return None
-        source = received.source_of(self.event)
+        event = self.event
+        source: Path | received.Spool | bytes | None = received.source_of(event)
         if source is None:
-            return None
+            request = cast("C_STORE", event.request)
+            stream = request.DataSet
+            if stream is None or not stream.getbuffer().nbytes:
+                return None
+            ae = getattr(event.assoc, "ae", None)
+            source = part10.header(
+                sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                transfer_syntax=str(event.context.transfer_syntax),
+                implementation_class_uid=str(
+                    getattr(ae, "implementation_class_uid", PYNETDICOM_IMPLEMENTATION_UID)
+                ),
+                implementation_version=getattr(ae, "implementation_version_name", None),
+                source_ae=self.info.calling_ae,
+            ) + bytes(stream.getbuffer())
         return received.ReceivedDataSet(
             source,
-            self.event.context.transfer_syntax,
-            defer_size=self._limits.bulk_threshold,
+            event.context.transfer_syntax,
+            defer_size=min(received.REFERENCE_MIN, self._limits.bulk_threshold),
             claim=self._claim,
+            references=True,
         )
+
+    def _part10(self, dataset_file: received.ReceivedDataSet) -> JSONDict:
+        """The ``part10`` of the envelope: inline up to the bulk threshold, else the file
+        in the claim-check store (linked there, not copied, where the filesystem allows),
+        deleted with the request's other claim-check files."""
+        offset = dataset_file.dataset_offset
+        memory = dataset_file.part10_memory()
+        if memory is not None and len(memory) - offset <= self._limits.bulk_threshold:
+            return part10.inline_json(memory, offset)
+        if memory is not None:
+            uri = self._store.put(bytes(memory))
+            size = len(memory)
+        else:
+            path = dataset_file.part10_path()
+            assert path is not None
+            uri = self._store.put_file(path)
+            size = path.stat().st_size
+        self._written.append(uri)
+        return part10.uri_json(uri, size, offset)
 
     def _message(self, *, reply: bool = True) -> Outbound:
         limits = self._limits
@@ -141,6 +183,8 @@ class Conversation:
                 bulk_data=self._sink,
                 dataset_file=dataset_file,
             )
+            if dataset_file is not None and envelope.datasets.get("dataset") is not None:
+                envelope = dataclasses.replace(envelope, part10=self._part10(dataset_file))
         except OSError as exc:
             raise BrokerUnavailable(f"claim-check store: {exc.strerror or exc}") from exc
         finally:

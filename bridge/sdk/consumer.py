@@ -47,22 +47,25 @@ import signal
 import ssl
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from io import BytesIO
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, BinaryIO, Literal, cast
 
 import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from bridge.errors import CodecError, Failure
 from bridge.ops import tracing
-from bridge.protocol import dicomjson
+from bridge.protocol import dicomjson, part10
 from bridge.protocol.envelope import parse_envelope
 from bridge.protocol.model import Service, routing_word
 from bridge.protocol.reply import build_reply
@@ -75,7 +78,7 @@ from bridge.sdk.replies import (
     to_response,
 )
 from bridge.transport import broker
-from bridge.transport.bulkstore import DirectoryStore, read_uri
+from bridge.transport.bulkstore import DirectoryStore, copy_range, path_of, read_uri
 
 __all__ = ["Consumer", "Request", "Response", "Retrieval"]
 
@@ -91,6 +94,7 @@ class Request:
     def __init__(self, envelope: dict[str, Any], headers: Mapping[str, Any] | None = None) -> None:
         self.envelope = envelope
         self.service = Service(envelope["service"])
+        self._stream: BinaryIO | None = None
         self.headers: Mapping[str, Any] = headers or {}
         """The AMQP headers: routing facts, CloudEvents attributes, ``traceparent``."""
 
@@ -125,7 +129,88 @@ class Request:
         document = self.envelope.get(name)
         if document is None:
             return None
-        return dicomjson.json_to_dataset(document, bulk_data=read_uri)
+        return dicomjson.json_to_dataset(document, bulk_data=self._bulk_value)
+
+    def _bulk_value(self, uri: str) -> bytes:
+        """A BulkDataURI's bytes: a range of the Part 10 file, or a claim-check file."""
+        if not uri.startswith("?"):
+            return read_uri(uri)
+        ref = self._part10_ref
+        if ref is None:
+            raise CodecError("BulkDataURI refers to a Part 10 file the envelope lacks")
+        if ref.data is not None:
+            return part10.slice_reference(ref.data, uri)
+        where = part10.parse_reference(uri)
+        if where is None:
+            raise CodecError("BulkDataURI is not a reference into the Part 10 file")
+        offset, length = where
+        try:
+            with open(path_of(cast(str, ref.uri)), "rb") as handle:
+                data = os.pread(handle.fileno(), length, offset)
+        except OSError:
+            raise CodecError("Part 10 file cannot be read") from None
+        if len(data) != length:
+            raise CodecError("BulkDataURI reaches past the end of the Part 10 file")
+        return data
+
+    @cached_property
+    def _part10_ref(self) -> part10.Part10Ref | None:
+        document = self.envelope.get("part10")
+        return None if document is None else part10.from_json(document)
+
+    @property
+    def part10(self) -> bytes | BinaryIO | None:
+        """C-STORE: the data set exactly as the peer sent it, as a DICOM Part 10 file (File
+        Meta Information made by the bridge from the association: transfer syntax, SOP
+        class and instance, source AE). ``bytes`` when it travelled in the message; an
+        open binary file, positioned at its start, when it came through the claim-check
+        directory (large instances): the SDK closes it once the handler returns. None
+        for other services and for a C-STORE without a data set. Raises CodecError when
+        the file cannot be opened."""
+        ref = self._part10_ref
+        if ref is None:
+            return None
+        if ref.data is not None:
+            return ref.data
+        if self._stream is None or self._stream.closed:
+            try:
+                self._stream = open(path_of(cast(str, ref.uri)), "rb")  # noqa: SIM115 - close()
+            except OSError:
+                raise CodecError("Part 10 file cannot be opened") from None
+        self._stream.seek(0)
+        return self._stream
+
+    def save(self, path: str | os.PathLike[str], *, fsync: bool = False) -> Path:
+        """Write the C-STORE data set as received (:attr:`part10`) to ``path`` as a Part
+        10 file, decoding nothing: written under a temporary name in the same directory
+        and renamed over ``path`` (readers see the old file or the whole new one). A file
+        from the claim-check directory is hard-linked where the filesystem allows (no byte
+        copied), else copied in the kernel. ``fsync`` makes the file and the rename
+        durable before it returns. Returns ``path``. Raises CodecError when the request
+        has no Part 10 file, OSError when it cannot be written."""
+        ref = self._part10_ref
+        if ref is None:
+            raise CodecError("the request has no Part 10 file (not a C-STORE with a data set)")
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+        try:
+            if ref.data is not None:
+                _write_new(partial, ref.data, fsync)
+            else:
+                _link_or_copy(path_of(cast(str, ref.uri)), partial, fsync)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        if fsync:
+            _fsync_directory(target.parent)
+        return target
+
+    def close(self) -> None:
+        """Close what :attr:`part10` opened (the SDK calls it after the handler)."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
 
     @property
     def query_model(self) -> str | None:
@@ -139,8 +224,22 @@ class Request:
 
     @cached_property
     def dataset(self) -> Dataset | None:
-        """C-STORE Data Set."""
-        return self._dataset("dataset")
+        """C-STORE Data Set, decoded on first use: from the Part 10 file when the envelope
+        has one (the received bytes, read by pydicom; values over 1 MB are read from the
+        file when used, while the handler runs), else from the JSON."""
+        ref = self._part10_ref
+        if ref is None or self.envelope.get("dataset") is None:
+            return self._dataset("dataset")
+        try:
+            if ref.data is not None:
+                ds = dcmread(BytesIO(ref.data))
+            else:
+                ds = dcmread(path_of(cast(str, ref.uri)), defer_size="1 MB")
+        except Exception as exc:  # pydicom raises many kinds for malformed bytes
+            raise CodecError(f"Part 10 file cannot be read ({type(exc).__name__})") from exc
+        # The File Meta is the bridge's; request.file_meta is the request's, as before.
+        del ds.file_meta
+        return ds
 
     @cached_property
     def file_meta(self) -> Dataset | None:
@@ -166,6 +265,39 @@ class Request:
     @cached_property
     def identifier(self) -> Dataset | None:
         return self._dataset("identifier")
+
+
+def _write_new(path: Path, data: bytes, fsync: bool) -> None:
+    with open(path, "xb") as out:
+        out.write(data)
+        if fsync:
+            out.flush()
+            os.fsync(out.fileno())
+
+
+def _link_or_copy(source: Path, path: Path, fsync: bool) -> None:
+    try:
+        os.link(source, path)
+    except OSError:
+        with open(source, "rb") as handle, open(path, "xb") as out:
+            copy_range(handle.fileno(), out.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            if fsync:
+                os.fsync(out.fileno())
+        return
+    if fsync:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 HandlerResult = int | Response | tuple[int, Dataset | None] | Iterable[Any] | Retrieval
@@ -459,9 +591,26 @@ class Consumer:
             await self._stream(message, request, registration)
             return
         else:
-            body = await self._single(message, request, registration)
+            try:
+                body = await self._single(message, request, registration)
+            finally:
+                request.close()
         if request.envelope.get("reply_expected", True):
             await self._reply(message, body)
+        else:
+            self._forget_part10(request)
+
+    def _forget_part10(self, request: Request) -> None:
+        """Publish-only: the bridge left the claim-check file of a large Part 10 file to
+        the consumer; delete it once the request is handled (a copy saved with
+        :meth:`Request.save` is a link of its own)."""
+        document = request.envelope.get("part10")
+        uri = document.get("BulkDataURI") if isinstance(document, dict) else None
+        if isinstance(uri, str) and self.store is not None:
+            try:
+                self.store.delete(uri)
+            except OSError as exc:
+                log.warning("claim-check file not deleted: %s", exc.strerror)
 
     def _failure_body(self, request: Request, exc: Exception) -> bytes:
         self.stats.failed += 1
