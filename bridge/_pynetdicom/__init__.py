@@ -45,6 +45,12 @@ instead of polling every millisecond.
   If these change: data sets lost or read from the wrong place, files left in the receive
   directory, or the whole data set in memory again.
 
+:mod:`.send`: C-STORE data sets sent from Part 10 files as they are.
+  Sets ``_config.STORE_SEND_CHUNKED_DATASET``, which ``Association.send_c_store`` reads
+  for a path: the file's data set bytes are sent unchanged, on a context with the file's
+  transfer syntax (ValueError when none was accepted).
+  If these change: stored files decoded and re-encoded on the way out again.
+
 :mod:`.sockets` (``bridge.scp.guard`` size limits, ``bridge.scp.netopt`` quick ACKs, the
 reactor's ``select``): the association's socket.
   Reads ``AssociationSocket.socket`` and ``AssociationSocket._is_connected``, and shadows
