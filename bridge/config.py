@@ -527,6 +527,13 @@ class ConsumerSettings(BrokerSettings):
         description="Queue the consumer declares and binds (a quorum queue).",
     )
     prefetch: int = Field(32, ge=1, le=65535, description="Requests handled concurrently.")
+    processes: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Consumer processes on the queue, each with its own broker connection "
+        "and --prefetch window, for handlers that spend CPU in Python (1: this process).",
+    )
     data_dir: Path = Field(
         default_factory=lambda: _cache_dir() / "dicom-bridge" / "example-store",
         description="Where the example consumer keeps the instances it receives.",

@@ -33,16 +33,25 @@ def serve(**flags: Any) -> None:
 @click.command(
     "example-consumer",
     epilog="""\b
-Example:
-  dicom-bridge example-consumer --queue my-test-queue --log-level DEBUG""",
+Examples:
+  dicom-bridge example-consumer --queue my-test-queue --log-level DEBUG
+  dicom-bridge example-consumer --processes 4""",
 )
 @settings_options(ConsumerSettings)
 def example_consumer(**flags: Any) -> None:
     """Run the example consumer: store, find, get and move from a local directory."""
     # Imported here: the example and its index are not part of what 'serve' loads.
-    from bridge.example.consumer import build  # noqa: PLC0415
+    from bridge.example.consumer import build, worker  # noqa: PLC0415
+    from bridge.sdk.processes import run_processes  # noqa: PLC0415
 
     settings = load_settings(ConsumerSettings, flags)
+    if settings.processes > 1:
+        # Each worker process builds its own consumer; this one only supervises them.
+        try:
+            run_processes(worker, settings.processes, settings)
+        except StartupError as exc:
+            fail(EXIT_RUNTIME, exc.message)
+        return
     try:
         build(settings).run_forever()
     except (OSError, ConnectionError) as exc:

@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 
 from bridge.config import ConsumerSettings
 from bridge.example.qrindex import Index, QueryError, QueryModel, query_model, record_from_json
+from bridge.ops import logging as bridge_logging
 from bridge.protocol.model import Service
 from bridge.sdk.consumer import Consumer, Request, Response
 
@@ -136,3 +137,11 @@ def build(settings: ConsumerSettings, *, exclusive: bool = False) -> Consumer:
             consumer.add(service, example.other)
     log.info("example store at %s holds %d instances", settings.data_dir, len(example.index))
     return consumer
+
+
+def worker(settings: ConsumerSettings) -> Consumer:
+    """:func:`build` in a worker process of ``example-consumer --processes N``
+    (:func:`bridge.sdk.processes.run_processes`): a spawned process starts without the
+    parent's logging set-up, so this sets it up from ``settings`` first."""
+    bridge_logging.configure(settings.log_level, settings.log_format)
+    return build(settings)
