@@ -57,6 +57,10 @@ class DatasetFile(dicomjson.DeferredValues, Protocol):
         """The data set, its large values left in the file; None when it is empty."""
         ...
 
+    def file_meta(self) -> Dataset:
+        """The File Meta Information in front of the data set (after :meth:`load`)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class AssociationInfo:
@@ -310,7 +314,8 @@ def _request_dataset(
 ) -> JSONDict | None:
     deferred = None
     if name == "file_meta":
-        ds: Dataset = event.file_meta
+        # The Part 10 file's own File Meta when there is one: what the consumer stores.
+        ds: Dataset = dataset_file.file_meta() if dataset_file is not None else event.file_meta
     elif name == "dataset" and dataset_file is not None:
         try:
             loaded = dataset_file.load()

@@ -367,6 +367,19 @@ class ReceivedDataSet:
             return memory.getbuffer()
         return None
 
+    def file_meta(self) -> Dataset:
+        """The File Meta Information of the Part 10 file (group 0002), read from its
+        bytes: what the consumer finds in front of the data set. Call after :meth:`load`.
+        Raises OSError when the file cannot be read."""
+        start = self.dataset_offset
+        memory = self.part10_memory()
+        if memory is not None:
+            head = bytes(memory[:start])
+        else:
+            with open(cast(Path, self.path), "rb") as handle:
+                head = os.pread(handle.fileno(), start, 0)
+        return read_dataset(BytesIO(head[len(part10.PREAMBLE) :]), False, True)
+
     def part10_path(self) -> Path | None:
         """The Part 10 file when it is on disk (None when it is in memory)."""
         if self.part10_memory() is not None:
