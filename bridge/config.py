@@ -524,7 +524,14 @@ class ConsumerSettings(BrokerSettings):
         "dicom-bridge.example-consumer",
         min_length=1,
         max_length=255,
-        description="Queue the consumer declares and binds (a quorum queue).",
+        description="Queue the consumer declares and binds.",
+    )
+    queue_type: Literal["quorum", "classic"] = Field(
+        "quorum",
+        description="Type of the queue: quorum (replicated, delivery limits; every "
+        "request written to disk) or classic (one node, in memory; a broker round trip "
+        "about 0.8 ms shorter). Requests that wait for a reply are worthless after their "
+        "deadline; publish-only requests must survive a broker restart: use quorum.",
     )
     prefetch: int = Field(32, ge=1, le=65535, description="Requests handled concurrently.")
     processes: int = Field(

@@ -28,6 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StorageCommitmentPushModel,
 )
 
+from bridge.protocol import part10
 from tests.conftest import BridgeFactory
 from tests.harness import (
     AMQP_URL,
@@ -244,6 +245,14 @@ def test_c_store_bulk_data_is_claimed_and_deleted(
     assert not [p for p in bulk.iterdir() if p.is_file()], "claim-check file not deleted"
 
 
+HEADER = part10.header(
+    sop_class_uid=str(CTImageStorage),
+    sop_instance_uid="1.2.3.4",
+    transfer_syntax="1.2.840.10008.1.2.1",
+    implementation_class_uid="1.2.3",
+)
+
+
 def _envelope(deadline: datetime, **fields: Any) -> dict[str, Any]:
     def stamp(moment: datetime) -> str:
         return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -330,6 +339,7 @@ def test_raw_envelopes_expired_invalid_valid_and_store_without_uid(
         dataset={"00080060": {"vr": "CS", "Value": ["CT"]},
                  "00100010": {"vr": "PN", "Value": [{"Alphabetic": "CompressedSamples^RAW"}]}},
         file_meta={},
+        part10=part10.inline_json(HEADER + b"\x08\x00\x60\x00CS\x02\x00CT", len(HEADER)),
     )  # fmt: skip
     del no_uid["event_information"]
     for envelope in (expired, valid, no_uid):

@@ -120,6 +120,7 @@ def build(settings: ConsumerSettings, *, exclusive: bool = False) -> Consumer:
         settings.exchange,
         settings.queue,
         prefetch=settings.prefetch,
+        queue_type=settings.queue_type,
         exclusive=exclusive,
         bulk_dir=settings.bulk_dir,
         bulk_threshold=settings.bulk_threshold,

@@ -157,10 +157,15 @@ function first(dataset, tag) {
   return Array.isArray(value) && value.length > 0 ? value[0] : undefined;
 }
 
-/** Every BulkDataURI in a dataset, nested sequences included. */
+/**
+ * Every claim-check file URI in a dataset, nested sequences included. A BulkDataURI that
+ * starts with "?" ("?offset=O&length=L") names bytes of the envelope's Part 10 file, not a
+ * file of its own.
+ */
 function bulkDataUris(dataset, found = []) {
   for (const attribute of Object.values(dataset ?? {})) {
-    if (typeof attribute.BulkDataURI === 'string') found.push(attribute.BulkDataURI);
+    const uri = attribute.BulkDataURI;
+    if (typeof uri === 'string' && !uri.startsWith('?')) found.push(uri);
     if (attribute.vr === 'SQ') {
       for (const item of attribute.Value ?? []) bulkDataUris(item, found);
     }
@@ -176,8 +181,13 @@ class Handlers {
     this.storedUids = new Set(); // insertion-ordered: the oldest are dropped past the limit
   }
 
-  /** Claim-check: the files a C-STORE's dataset refers to, checked to be in bulkDir. */
-  async claimedFiles(dataset) {
+  /**
+   * Claim-check: the files a C-STORE refers to (its Part 10 file when that is too large to
+   * travel inline, and any files of its dataset), checked to be in bulkDir.
+   */
+  async claimedFiles(envelope) {
+    const uris = bulkDataUris(envelope?.dataset);
+    if (typeof envelope?.part10?.BulkDataURI === 'string') uris.push(envelope.part10.BulkDataURI);
     const files = [];
     let root;
     try {
@@ -185,7 +195,7 @@ class Handlers {
     } catch {
       root = path.resolve(this.bulkDir);
     }
-    for (const uri of bulkDataUris(dataset)) {
+    for (const uri of uris) {
       if (!uri.startsWith('file://')) throw new Error('BulkDataURI is not a file:// URI');
       const file = fileURLToPath(uri);
       const inside = path.relative(root, realpathSync(file));
@@ -208,10 +218,12 @@ class Handlers {
         error_comment: 'dataset has no SOP Instance UID (0008,0018)',
       };
     }
-    const files = await this.claimedFiles(dataset);
+    const files = await this.claimedFiles(envelope);
     const bulk = files.reduce((sum, f) => sum + f.size, 0);
-    // A real consumer would keep the instance here (and read the bulk files). The claim-check
-    // files are deleted by their reader once the reply is confirmed and the request acked.
+    // A real consumer would keep the instance here: envelope.part10 is the data set as
+    // received, a DICOM Part 10 file (InlineBinary, base64, or a claim-check BulkDataURI),
+    // to be written as it is. The claim-check files are deleted by their reader once the
+    // reply is confirmed and the request acked.
     after.push(...files.map((f) => f.file));
     this.storedUids.delete(sopInstanceUid);
     this.storedUids.add(sopInstanceUid);
@@ -369,7 +381,7 @@ async function main() {
       consumeChannel.ack(message);
       if (service === 'c-store') {
         // Nobody will read this request's claim-check files: done with them.
-        const files = await handlers.claimedFiles(envelope.dataset).catch(() => []);
+        const files = await handlers.claimedFiles(envelope).catch(() => []);
         for (const { file } of files) await unlink(file).catch(() => {});
       }
       return;
