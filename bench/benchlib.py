@@ -1,4 +1,4 @@
-"""Pieces shared by ``bench/run.py`` and ``bench/profile_bridge.py``.
+"""Pieces shared by ``bench/run.py``, ``bench/ingest.py`` and ``bench/profile_bridge.py``.
 
 Server roles (each runs in a child process of its own), the SCU drivers (they run in the
 benchmarking process), the test data made at run time, and ``/proc`` readings of CPU time

@@ -17,7 +17,9 @@ the consumer SDK alone: envelopes built by ``bridge.protocol.envelope`` are queu
 consumer answers them, replies are counted. Writes ``bench/results/<timestamp>.json`` and
 a chart of the bridge's ratios next to it (``--chart docs/performance.png`` also writes it
 there), and prints the tables of ``docs/performance.md``. Needs RabbitMQ on
-127.0.0.1:5672, DCMTK and matplotlib. ``bench/profile_bridge.py`` finds where the time goes.
+127.0.0.1:5672, DCMTK and matplotlib. ``bench/profile_bridge.py`` finds where the time goes;
+``bench/ingest.py`` compares ingest (storescu sending CT images, stored on disk) with DCMTK's
+storescp, Orthanc and a tuned pynetdicom SCP.
 """
 
 from __future__ import annotations
