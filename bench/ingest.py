@@ -105,11 +105,24 @@ def echo_ok(port: int, called: str) -> bool:
     return done.returncode == 0
 
 
-def wait_echo(port: int, called: str, child: subprocess.Popen[Any], timeout: float = 60) -> None:
+def last_line(path: Path) -> str:
+    """The last line a child wrote to its log (why it exited), shortened."""
+    with contextlib.suppress(OSError):
+        lines = path.read_text(errors="replace").strip().splitlines()
+        if lines:
+            return lines[-1].strip()[:200]
+    return ""
+
+
+def wait_echo(
+    port: int, called: str, child: subprocess.Popen[Any], log_path: Path, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.poll() is not None:
-            raise RuntimeError(f"{called} exited with {child.returncode} before answering")
+            raise RuntimeError(
+                f"{called} exited with {child.returncode} before answering: {last_line(log_path)}"
+            )
         if echo_ok(port, called):
             return
         time.sleep(0.2)
@@ -157,8 +170,9 @@ def start_storescp(tmp: Path, started: Started) -> Receiver:
     store = home / "store"
     store.mkdir(parents=True)
     port = lib.free_port()
-    child = started.spawn(["storescp", "-od", str(store), str(port)], home / "storescp.log")
-    wait_echo(port, "STORESCP", child)
+    log_path = home / "storescp.log"
+    child = started.spawn(["storescp", "-od", str(store), str(port)], log_path)
+    wait_echo(port, "STORESCP", child, log_path)
     return Receiver(
         "storescp",
         "DCMTK storescp",
@@ -207,8 +221,9 @@ def start_orthanc(tmp: Path, started: Started) -> Receiver:
     port, http_port = lib.free_port(), lib.free_port()
     config = home / "config.json"
     config.write_text(json.dumps(orthanc_config(home, port, http_port), indent=2))
-    child = started.spawn([ORTHANC, str(config)], home / "orthanc.log", cwd=home)
-    wait_echo(port, "ORTHANC", child)
+    log_path = home / "orthanc.log"
+    child = started.spawn([ORTHANC, str(config)], log_path, cwd=home)
+    wait_echo(port, "ORTHANC", child, log_path)
 
     def count() -> int:
         return int(orthanc_get(http_port, "/statistics")["CountInstances"])
@@ -235,8 +250,9 @@ def start_tuned(tmp: Path, started: Started) -> Receiver:
     command = [sys.executable, str(Path(__file__).resolve()), "--role", "tuned-scp"]
     command += ["--port", str(port), "--write-dir", str(store)]
     env = {**lib.quiet_env(), "TMPDIR": str(temporary)}  # the same filesystem as the store
-    child = started.spawn(command, home / "scp.log", env=env)
-    wait_echo(port, "TUNED", child)
+    log_path = home / "scp.log"
+    child = started.spawn(command, log_path, env=env)
+    wait_echo(port, "TUNED", child, log_path)
     return Receiver(
         "tuned",
         "pynetdicom SCP, tuned",
@@ -270,9 +286,13 @@ def start_bridge(tmp: Path, started: Started, consumer_processes: int) -> Receiv
     consumer = started.spawn(command, home / "consumer.log", env=env)
     deadline = time.monotonic() + 60
     while True:  # the consumer's queue must be bound before anything is sent
-        for child, name in ((bridge, "the bridge"), (consumer, "the example consumer")):
+        for child, name, log_path in (
+            (bridge, "the bridge", home / "bridge.log"),
+            (consumer, "the example consumer", home / "consumer.log"),
+        ):
             if child.poll() is not None:
-                raise RuntimeError(f"{name} exited with {child.returncode}")
+                why = last_line(log_path)
+                raise RuntimeError(f"{name} exited with {child.returncode}: {why}")
         try:
             lib.wait_success(port, lib.BRIDGE_AE, timeout=5)
             break
