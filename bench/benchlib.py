@@ -1,4 +1,4 @@
-"""Pieces shared by ``bench/run.py`` and ``bench/profile_bridge.py``.
+"""Pieces shared by ``bench/run.py``, ``bench/ingest.py`` and ``bench/profile_bridge.py``.
 
 Server roles (each runs in a child process of its own), the SCU drivers (they run in the
 benchmarking process), the test data made at run time, and ``/proc`` readings of CPU time
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import platform
 import resource
 import shutil
 import signal
@@ -33,6 +34,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
@@ -127,6 +129,44 @@ def find_broker_pid() -> int | None:
                 if b"rabbit" in cmdline:
                     return int(entry.name)
     return None
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (from the parent pids in /proc/<pid>/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        if Path(f"/proc/{current}").exists():
+            tree.append(current)
+            todo.extend(children.get(current, ()))
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and its live descendants, with that of the children they
+    reaped: each process's user, system, children's user and children's system time."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(fields[n]) for n in (11, 12, 13, 14)) / _CLOCK_TICKS
+    return total
+
+
+def tree_memory_kib(pid: int, key: str) -> int:
+    """The largest ``Vm*`` value (:func:`memory_kib`) over ``pid`` and its descendants."""
+    values = [0]
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, ValueError):
+            values.append(memory_kib(member, key))
+    return max(values)
 
 
 @dataclass
@@ -286,14 +326,29 @@ def sdk_envelope(index: int, deadline: datetime) -> tuple[str, bytes, dict[str, 
 
 
 def run_stock_scp(
-    port: int, *, tuned: bool, write_dir: Path | None, bridge_contexts: bool = False
+    port: int,
+    *,
+    tuned: bool,
+    write_dir: Path | None,
+    bridge_contexts: bool = False,
+    storage_contexts: bool = False,
+    keep_bytes: bool = False,
 ) -> None:
     """A pynetdicom SCP as its documentation shows it: handlers answer in-process.
     ``tuned`` adds the bridge's socket tuning; ``write_dir`` makes C-STORE save the
     instance there (the docs' ``ds.save_as``); ``bridge_contexts`` supports what the
     bridge supports (251 SOP classes, every transfer syntax for storage) instead of the
-    four the SCU proposes (for ``profile_bridge.py --case association-setup``)."""
+    four the SCU proposes (for ``profile_bridge.py --case association-setup``);
+    ``storage_contexts`` supports pynetdicom's ``StoragePresentationContexts`` and
+    Verification instead (for ``ingest.py``, whose peer is DCMTK's storescu).
+    ``keep_bytes`` writes the bytes received instead of decoding and re-encoding them:
+    pynetdicom receives each data set into a file (``STORE_RECV_CHUNKED_DATASET``, File
+    Meta Information first) and the handler moves that file into ``write_dir``, named by
+    the SOP Instance UID (the temporary directory should be on the same filesystem)."""
     from bridge.scp import netopt
+
+    if keep_bytes:
+        _config.STORE_RECV_CHUNKED_DATASET = True
 
     def on_echo(event: evt.Event) -> int:
         return SUCCESS
@@ -302,7 +357,11 @@ def run_stock_scp(
         return SUCCESS, None
 
     def on_store(event: evt.Event) -> int:
-        if write_dir is not None:
+        if write_dir is not None and keep_bytes:
+            uid = cast(C_STORE, event.request).AffectedSOPInstanceUID
+            # pynetdicom closes the file after the handler and ignores that it is gone.
+            shutil.move(event.dataset_path, write_dir / f"{uid}.dcm")
+        elif write_dir is not None:
             ds = event.dataset
             ds.file_meta = event.file_meta
             ds.save_as(write_dir / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
@@ -313,7 +372,12 @@ def run_stock_scp(
 
     ae = AE("TUNED" if tuned else "STOCK")
     ae.maximum_associations = 64  # pynetdicom's default is 10; the bridge's is 64
-    if bridge_contexts:
+    if storage_contexts:
+        from pynetdicom import StoragePresentationContexts
+
+        ae.supported_contexts = StoragePresentationContexts
+        ae.add_supported_context(Verification)
+    elif bridge_contexts:
         from pydicom.uid import AllTransferSyntaxes
 
         from bridge.protocol import sopclasses
@@ -735,6 +799,58 @@ def timed_requests(port: int, called: str, count: int) -> list[tuple[int, float,
     finally:
         ae.shutdown()
     return out
+
+
+# -- the machine --------------------------------------------------------------------------
+
+
+def machine(broker_version: str | None) -> dict[str, Any]:
+    """What the numbers were measured on: CPU, kernel, Python, RabbitMQ, the revision."""
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+
+    def git(*command: str) -> str:
+        done = subprocess.run(
+            ["git", *command],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {
+        "bridge_revision": git("rev-parse", "--short", "HEAD"),
+        "uncommitted_files": len(git("status", "--porcelain").splitlines()),
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "rabbitmq": broker_version,
+        "storescu": dcmtk_storescu(),
+    }
+
+
+async def _broker_version() -> str | None:
+    import aio_pika
+
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        transport = connection.transport
+        server = transport.connection.server_properties if transport is not None else {}
+        version = server.get("version") if isinstance(server, dict) else None
+        return str(version) if version is not None else None
+
+
+def broker_version() -> str | None:
+    """RabbitMQ's version, as the broker announces it on connecting (None: unreachable)."""
+    try:
+        return asyncio.run(_broker_version())
+    except Exception:
+        return None
 
 
 # -- the consumer SDK alone ---------------------------------------------------------------

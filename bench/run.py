@@ -17,7 +17,9 @@ the consumer SDK alone: envelopes built by ``bridge.protocol.envelope`` are queu
 consumer answers them, replies are counted. Writes ``bench/results/<timestamp>.json`` and
 a chart of the bridge's ratios next to it (``--chart docs/performance.png`` also writes it
 there), and prints the tables of ``docs/performance.md``. Needs RabbitMQ on
-127.0.0.1:5672, DCMTK and matplotlib. ``bench/profile_bridge.py`` finds where the time goes.
+127.0.0.1:5672, DCMTK and matplotlib. ``bench/profile_bridge.py`` finds where the time goes;
+``bench/ingest.py`` compares ingest (storescu sending CT images, stored on disk) with DCMTK's
+storescp, Orthanc and a tuned pynetdicom SCP.
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -418,31 +418,6 @@ def chart(result: dict[str, Any], paths: Sequence[Path]) -> None:
     plt.close(figure)
 
 
-def machine(broker_version: str | None) -> dict[str, Any]:
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-
-    def git(*command: str) -> str:
-        done = subprocess.run(
-            ["git", *command], cwd=HERE, capture_output=True, text=True, check=False
-        )
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    return {
-        "bridge_revision": git("rev-parse", "--short", "HEAD"),
-        "uncommitted_files": len(git("status", "--porcelain").splitlines()),
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "rabbitmq": broker_version,
-        "storescu": lib.dcmtk_storescu(),
-    }
-
-
 # -- main ---------------------------------------------------------------------------------
 
 
@@ -538,7 +513,7 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
         },
         "consumer_queue_type": args.queue_type,
         "selected_cases": list(selected),
-        "machine": machine(bench.cases.get("consumer sdk", {}).get("broker_version")),
+        "machine": lib.machine(bench.cases.get("consumer sdk", {}).get("broker_version")),
         "cases": bench.cases,
     }
     result["targets"] = targets(bench.cases)

@@ -18,6 +18,19 @@ if ! command -v storescu >/dev/null || ! command -v echoscu >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null
 fi
 
+# Orthanc: a receiver bench/ingest.py compares the bridge with. The package starts it as a
+# service on 4242/8042; the bench starts its own instances, so the service is stopped and
+# disabled (where there is no service manager, or it is not running, that is no error).
+if ! command -v Orthanc >/dev/null && [ ! -x /usr/sbin/Orthanc ]; then
+  log "installing orthanc (apt)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc >/dev/null
+  # Each of these may be missing or fail (no systemd running, service not started).
+  as_root systemctl disable --now orthanc >/dev/null 2>&1 || true
+  as_root service orthanc stop >/dev/null 2>&1 || true
+  as_root update-rc.d orthanc disable >/dev/null 2>&1 || true
+fi
+
 # RabbitMQ: start it if nothing listens on 5672.
 broker_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
 if ! broker_up; then

@@ -1,4 +1,5 @@
-"""``bench/run.py --quick`` runs end to end and writes a complete result file.
+"""``bench/run.py --quick`` and ``bench/ingest.py`` (tiny sizes) run end to end and write
+complete result files.
 
 A smoke test of the benchmark, not a performance assertion: every case is
 there, every request was answered Success, and the numbers are positive.
@@ -17,6 +18,7 @@ import pytest
 pytestmark = pytest.mark.process  # every test here starts a process
 
 RUN = Path(__file__).resolve().parents[1] / "bench" / "run.py"
+INGEST = RUN.with_name("ingest.py")
 DICOM_CASES = (
     "n-event-report x1",
     "c-echo x1",
@@ -70,3 +72,39 @@ def test_quick_run_writes_every_case(broker: None, tmp_path: Path) -> None:
     assert {t["target"] for t in result["targets"]}, "no targets evaluated"
     assert all(isinstance(t["met"], bool) for t in result["targets"])
     assert "| n-event-report x1 |" in done.stdout  # the table is printed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_tiny_ingest_run_stores_everything_everywhere(broker: None, tmp_path: Path) -> None:
+    command = [sys.executable, str(INGEST), "--images", "10", "--runs", "1", "--large-mb", "2"]
+    done = subprocess.run(
+        [*command, "--results-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = list(tmp_path.glob("ingest-*.json"))
+    assert len(files) == 1, files
+    result: dict[str, Any] = json.loads(files[0].read_text())
+
+    for key in ("storescp", "orthanc", "tuned", "bridge"):
+        assert result["receivers"][key]["failed"] is None, (key, result["receivers"][key])
+        for load in ("1", "4"):
+            row = result["loads"][key][load]
+            assert row["failed"] is None, (key, load, row)
+            assert row["stored"] == [10], (key, load, row)
+            assert row["rate"] > 0, (key, load)
+            assert row["cpu_ms_per_image"]["receiver"] >= 0, (key, load)
+        large = result["large"][key]
+        assert large["failed"] is None, (key, large)
+        assert large["mb_per_s"] > 0, key
+        for process in large["processes"].values():
+            assert process["peak_rss_mb"] > 0, (key, process)
+            assert process["idle_rss_mb"] > 0, (key, process)
+    assert {"storescu", "receiver", "consumer"} <= set(result["loads"]["bridge"]["1"]["cpu_s"])
+    assert all(isinstance(t["met"], bool) for t in result["targets"])
+    assert "| receiver | associations | images/s |" in done.stdout  # the tables are printed
+    assert "| target | measured | wanted | met |" in done.stdout
