@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +26,7 @@ from typing import Any
 import aio_pika
 import orjson
 import pytest
-from pydicom import dcmread
+from pydicom import dcmread, dcmwrite
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
@@ -38,10 +41,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from bridge.config import AETable, Destination
-from bridge.protocol import command
+from bridge.protocol import command, part10
 from bridge.protocol.dicomjson import dataset_to_json
 from bridge.protocol.model import Service
 from bridge.scu.commander import Commander, CommanderSettings
+from bridge.scu.perform import TEMPORARY_PREFIX
 from bridge.sdk.client import CommandClient, CommandFailed, CommandResult
 from bridge.sdk.consumer import Request, Response
 from bridge.transport.bulkstore import DirectoryStore
@@ -367,6 +371,160 @@ def test_store_by_claim_check_and_compressed(
         copy = received[original.SOPInstanceUID]
         assert copy.PixelData == original.PixelData
         assert copy.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+
+
+# -- C-STORE of Part 10 files: the data set as it is ---------------------------------------
+
+PART10_FILES = [
+    "CT_small.dcm",  # Explicit VR Little Endian
+    "MR_small_implicit.dcm",
+    "MR_small_bigendian.dcm",
+    "image_dfl.dcm",  # Deflated Explicit VR Little Endian
+    "SC_rgb_jpeg_dcmtk.dcm",  # JPEG Baseline, encapsulated
+    "JPEG2000.dcm",
+]
+RE_ENCODED = "the data set is decoded and re-encoded"
+
+
+def _data_set(path: Path) -> tuple[str, bytes]:
+    """A Part 10 file's transfer syntax and the bytes of its data set (after the File
+    Meta Information)."""
+    data = path.read_bytes()
+    meta = part10.read_meta(data)
+    return meta.transfer_syntax, data[meta.dataset_offset :]
+
+
+def _as_sent(path: Path) -> tuple[str, bytes]:
+    """:func:`_data_set` as the bridge sends it: a deflated data set of odd length (as
+    image_dfl.dcm's) with the trailing NULL byte of PS3.5 A.5, which peers require."""
+    syntax, data = _data_set(path)
+    return syntax, data + b"\0" * (len(data) % 2)
+
+
+def _received(out: Path) -> Path:
+    """The one file storescp wrote, moved out of its directory (for the next one)."""
+    (path,) = out.iterdir()
+    return path.rename(out.parent / f"{path.name}.{uuid.uuid4().hex}")
+
+
+def _temporary_files() -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob(f"{TEMPORARY_PREFIX}*"))
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("name", PART10_FILES)
+def test_store_part10_sends_the_data_set_bytes_as_they_are(
+    make_commander: CommanderFactory,
+    client: CommandClient,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+) -> None:
+    """A Part 10 file given by path or as bytes reaches DCMTK's storescp (bit-preserving:
+    it writes what it received) with the very data set bytes of the source, in the
+    source's transfer syntax, proposed in a context of its own."""
+    out = tmp_path / "received"
+    out.mkdir()
+    source = _file(name)
+    with (
+        caplog.at_level(logging.DEBUG, logger="bridge.scu.perform"),
+        storescp(out, "+xa", "+B") as port,
+    ):
+        make_commander({"STORESCP": port})
+        by_path = client.send_store_sync("STORESCP", str(source))
+        assert (by_path.status, by_path.category) == (0, "success"), by_path.document
+        _check_reply(by_path)
+        assert _data_set(_received(out)) == _as_sent(source)
+        by_bytes = client.send_store_sync("STORESCP", source.read_bytes())
+        assert by_bytes.status == 0, by_bytes.document
+        assert _data_set(_received(out)) == _as_sent(source)
+    assert RE_ENCODED not in caplog.text
+    assert not _temporary_files()
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("name", ["CT_small.dcm", "image_dfl.dcm"])
+def test_store_part10_is_re_encoded_when_the_peer_wants_another_syntax(
+    make_commander: CommanderFactory,
+    client: CommandClient,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+) -> None:
+    """A peer that accepts Implicit VR Little Endian only gets an Explicit VR (or
+    deflated) file decoded and re-encoded: the same values. A big endian file cannot be
+    converted: no context for it, refused."""
+    out = tmp_path / "received"
+    out.mkdir()
+    source = _file(name)
+    with caplog.at_level(logging.DEBUG, logger="bridge.scu.perform"), storescp(out, "+xi") as port:
+        commander = make_commander({"STORESCP": port})
+        result = client.send_store_sync("STORESCP", source)
+        assert (result.status, result.category) == (0, "success"), result.document
+        received = _received(out)
+        # The association that was offered the file's syntax on its own and refused it
+        # serves the next file of that syntax.
+        assert client.send_store_sync("STORESCP", source.read_bytes()).status == 0
+        assert (commander.pool.stats.opened, commander.pool.stats.reused) == (1, 1)
+        big_endian = _failure(
+            lambda: client.send_store_sync("STORESCP", _file("MR_small_bigendian.dcm"))
+        )
+    assert RE_ENCODED in caplog.text
+    assert _data_set(received)[0] == "1.2.840.10008.1.2"
+    original, copy = dcmread(source), dcmread(received)
+    original.pop(0xFFFCFFFC, None)
+    assert copy.PixelData == original.PixelData  # its VR is OW or OB, implicitly
+    del copy.PixelData, original.PixelData
+    assert dataset_to_json(copy) == dataset_to_json(original)
+    assert big_endian.reason == "refused"
+    assert "accepted no presentation context" in big_endian.message
+    assert not _temporary_files()
+
+
+def _large_file(path: Path, size: int) -> None:
+    """An Explicit VR Little Endian CT of ``size`` bytes of pixel data or so."""
+    ds = dcmread(_file("CT_small.dcm"))
+    ds.Rows, ds.Columns = 2048, size // 4096
+    ds.PixelData = bytes(range(256)) * (ds.Rows * ds.Columns * 2 // 256)
+    dcmwrite(path, ds, enforce_file_format=True)
+
+
+@pytest.mark.process
+def test_store_large_part10_goes_through_the_claim_check_directory(
+    exchange: str, make_commander: CommanderFactory, bulk: DirectoryStore, tmp_path: Path
+) -> None:
+    """A 20 MB file is linked into the claim-check directory, never read whole by the
+    client; the bridge sends it from there as it is and deletes it once answered."""
+    source = tmp_path / "large.dcm"
+    _large_file(source, 20 << 20)
+    size = source.stat().st_size
+    assert size > 20 << 20
+    out = tmp_path / "received"
+    out.mkdir()
+    with (
+        CommandClient(AMQP_URL, exchange, timeout=30, bulk_dir=bulk.root) as client,
+        storescp(out, "+B") as port,
+    ):
+        make_commander({"STORESCP": port})
+        # What the client does with the file; the send is the bridge's, in this process
+        # too (pynetdicom queues the P-DATA it reads from the file for its DUL thread).
+        tracemalloc.start()
+        try:
+            document = client.prepare(command.store("STORESCP", source))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1 << 20, f"the client held {peak} bytes for a {size}-byte file"
+        assert len(orjson.dumps(document)) < 1024
+        assert document["part10"]["length"] == size
+        claimed = bulk.local_path(document["part10"]["BulkDataURI"])
+        assert claimed.stat().st_ino == source.stat().st_ino  # linked, not copied
+        result = client.send_sync(document)
+        assert result.status == 0, result.document
+        eventually(lambda: not claimed.exists(), "the claim-check file deleted")
+    assert source.exists()
+    assert not list(bulk.root.iterdir())
+    assert _data_set(_received(out)) == _data_set(source)
 
 
 # -- DIMSE-N services and C-FIND against pynetdicom SCPs -----------------------------------
@@ -881,6 +1039,38 @@ def test_datasets_that_do_not_decode_or_encode(
     assert (error.reason, error.message) == ("bad-dataset", "dataset has no SOPClassUID")
     assert len(peer.events) == 1
     assert len(commander.dead_letters(expected=3)) == 3
+
+
+def test_part10_that_does_not_fit_is_refused_before_sending(
+    make_commander: CommanderFactory,
+    client: CommandClient,
+    make_peer: Callable[..., PeerSCP],
+    bulk: DirectoryStore,
+) -> None:
+    peer = make_peer({evt.EVT_C_ECHO: lambda event: 0})
+    commander = make_commander({"PEER": peer.port})
+    data = _file("CT_small.dcm").read_bytes()
+    # Written by hand: the builder and the client refuse such bytes (ValueError).
+    not_part10 = command.build("c-store", "PEER", part10=part10.inline_json(data[132:], 132))
+    other = command.store("PEER", data, request={"affected_sop_instance_uid": INSTANCE})
+    outside = command.build(
+        "c-store", "PEER", part10=part10.uri_json(_file("CT_small.dcm").as_uri(), len(data), 336)
+    )
+    cases = [
+        (not_part10, "part10: not a DICOM Part 10 file: no preamble and DICM prefix"),
+        (other, "part10: Media Storage SOP Instance UID differs from the request's"),
+        (outside, "part10: BulkDataURI is outside the bulk data directory"),
+    ]
+    for document, message in cases:
+        prepared = client.prepare(document)
+        COMMAND.validate(prepared)
+        error = _failure(functools.partial(client.send_sync, prepared))
+        assert (error.reason, error.message) == ("bad-dataset", message)
+    assert peer.established == 0
+    assert len(commander.dead_letters(expected=len(cases))) == len(cases)
+    assert _file("CT_small.dcm").exists()
+    with pytest.raises(ValueError, match="no preamble and DICM prefix"):
+        client.send_store_sync("PEER", data[132:])
 
 
 def test_expired_command_is_not_sent(

@@ -3,27 +3,42 @@ datasets are checked before anything is sent, settings refuse contradictions."""
 
 from __future__ import annotations
 
+import base64
 import inspect
+import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 from pydantic import ValidationError
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+)
+from pynetdicom import _config
 
 from bridge.config import BridgeSettings
+from bridge.errors import CodecError
 from bridge.protocol import command as commands
+from bridge.protocol import part10
 from bridge.protocol.command import CommandError, Reason, parse_command
 from bridge.protocol.dicomjson import dataset_to_json
 from bridge.protocol.model import Service
 from bridge.scu import pool as scu
 from bridge.scu.commander import CommanderSettings
-from bridge.scu.perform import needs_for
+from bridge.scu.perform import TEMPORARY_PREFIX, needs_for, part10_file
 from bridge.sdk.client import CommandClient, FindStream
+from bridge.transport.bulkstore import DirectoryStore
 from tests.schemas import validator
 
 COMMAND = validator("command.schema.json")
@@ -31,6 +46,9 @@ REPLY = validator("command-reply.schema.json")
 SC = "1.2.840.10008.1.20.1"
 UID = "1.2.826.0.1.3680043.8.498.1"
 DEST = {"ae_title": "ARCHIVE"}
+FILE = bytes(128) + b"DICM" + bytes(8)
+"""Enough of a Part 10 file for the parser and the schema (only the bridge reads it)."""
+INLINE = {"length": 140, "dataset_offset": 132, "InlineBinary": base64.b64encode(FILE).decode()}
 
 GOOD: list[dict[str, Any]] = [
     {"service": "c-echo"},
@@ -87,6 +105,11 @@ GOOD: list[dict[str, Any]] = [
         },
         "calling_ae": "ME",
     },
+    {"service": "c-store", "part10": INLINE, "request": {"affected_sop_instance_uid": UID}},
+    {
+        "service": "c-store",
+        "part10": {"length": 200, "dataset_offset": 150, "BulkDataURI": "file:///bulk/1"},
+    },
 ]
 
 BAD: list[tuple[dict[str, Any], str]] = [
@@ -102,6 +125,19 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"service": "c-store"}, "C-STORE needs dataset"),
     ({"service": "c-store", "dataset": []}, "dataset must be a DICOM JSON object"),
     ({"service": "c-store", "dataset": {}, "request": {"priority": 3}}, "request.priority"),
+    ({"service": "c-store", "dataset": {}, "part10": INLINE}, "dataset not allowed with part10"),
+    ({"service": "c-store", "file_meta": {}, "part10": INLINE}, "file_meta not allowed with"),
+    ({"service": "c-store", "transfer_syntax_uid": "1.2", "part10": INLINE},
+     "transfer_syntax_uid not allowed with part10"),
+    ({"service": "c-echo", "part10": INLINE}, "part10 is for C-STORE only"),
+    ({"service": "c-store", "part10": None}, "part10 must be an object"),
+    ({"service": "c-store", "part10": {**INLINE, "BulkDataURI": "file:///b"}}, "exactly one of"),
+    ({"service": "c-store", "part10": {**INLINE, "length": 131}}, "part10.length must be"),
+    ({"service": "c-store", "part10": {k: v for k, v in INLINE.items() if k != "dataset_offset"}},
+     "part10.dataset_offset must be"),
+    ({"service": "c-store", "part10": {**INLINE, "extra": 1}}, "part10 takes"),
+    ({"service": "c-store", "part10": {"length": 140, "dataset_offset": 132,
+                                       "BulkDataURI": "http://x/1"}}, "file:// URI"),
     ({"service": "c-find", "identifier": {}}, "C-FIND needs query_model"),
     ({"service": "c-find", "identifier": {}, "query_model": "nope"}, "query_model must be"),
     ({"service": "n-get", "request": {"requested_sop_class_uid": SC}},
@@ -514,3 +550,241 @@ def test_client_shorthands_follow_the_builders() -> None:
     assert stream._document["query_model"] == "study-root"
     assert isinstance(client.send_find_sync("PACS", QUERY), FindStream)
     assert CommandClient.stream_sync is CommandClient.stream
+
+
+# -- C-STORE of a Part 10 file ----------------------------------------------------------------
+
+
+def _testfile(name: str) -> Path:
+    path = get_testdata_file(name, download=False)
+    assert path is not None, name
+    return Path(path)
+
+
+CT = _testfile("CT_small.dcm")
+CT_META = part10.read_meta(CT.read_bytes())
+
+
+def _part10_command(data: bytes | None = None, uri: str | None = None, **request: Any) -> Any:
+    document = commands.build(
+        Service.C_STORE,
+        "PACS",
+        request=request,
+        part10=part10.inline_json(data, 132)
+        if data is not None
+        else part10.uri_json(str(uri), 200, 132),
+    )
+    return parse_command(orjson.dumps(document), default_id="c1")
+
+
+def test_store_builder_takes_a_part10_file() -> None:
+    data = CT.read_bytes()
+    for given in (str(CT), CT):
+        assert commands.store("PACS", given, priority=1) == {
+            "version": 1, "service": "c-store", "destination": {"ae_title": "PACS"},
+            "part10": CT, "request": {"priority": 1},
+        }  # fmt: skip
+    assert commands.store("PACS", data)["part10"] is data
+    assert commands.store("PACS", memoryview(data))["part10"] == data
+    assert commands.store("PACS", bytearray(data))["part10"] == data
+    with pytest.raises(ValueError, match="no preamble and DICM prefix"):
+        commands.store("PACS", data[132:])
+    with pytest.raises(ValueError, match="has no Transfer Syntax UID"):
+        commands.store("PACS", part10.PREAMBLE + data[CT_META.dataset_offset :])
+    with pytest.raises(ValueError, match="transfer_syntax_uid"):
+        commands.store("PACS", CT, transfer_syntax_uid=ExplicitVRLittleEndian)
+    # A path is not read by the (pure) builder: the client checks it.
+    assert commands.store("PACS", "/no/such/file")["part10"] == Path("/no/such/file")
+
+
+def test_client_prepares_a_part10_file(tmp_path: Path) -> None:
+    data = CT.read_bytes()
+    inline = CommandClient().prepare(commands.store("PACS", CT))
+    assert inline["part10"] == part10.inline_json(data, CT_META.dataset_offset)
+    assert "dataset" not in inline
+    assert "transfer_syntax_uid" not in inline
+    COMMAND.validate(inline)
+    assert parse_command(orjson.dumps(inline)).part10 == part10.Part10Ref(
+        data, None, len(data), CT_META.dataset_offset
+    )
+    bulk = tmp_path / "bulk"
+    client = CommandClient(bulk_dir=bulk, bulk_threshold=len(data) - 1)
+    client.store.ensure()  # type: ignore[union-attr]
+    linked = client.prepare(commands.store("PACS", CT))
+    uri = linked["part10"]["BulkDataURI"]
+    assert linked["part10"] == part10.uri_json(uri, len(data), CT_META.dataset_offset)
+    COMMAND.validate(linked)
+    assert DirectoryStore(bulk).local_path(uri).read_bytes() == data
+    copied = client.prepare(commands.store("PACS", data))["part10"]
+    assert DirectoryStore(bulk).get(copied["BulkDataURI"]) == data
+    small = CommandClient(bulk_dir=bulk).prepare(commands.store("PACS", data))
+    assert "InlineBinary" in small["part10"]
+    assert len(list(bulk.iterdir())) == 2
+    # Checked before anything is stored.
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(data[132:])
+    with pytest.raises(ValueError, match="no preamble and DICM prefix"):
+        client.prepare(commands.store("PACS", junk))
+    with pytest.raises(FileNotFoundError):
+        client.prepare(commands.store("PACS", tmp_path / "missing.dcm"))
+    assert len(list(bulk.iterdir())) == 2
+
+
+def test_read_meta_prefix_reads_no_more_than_the_meta() -> None:
+    data = CT.read_bytes()
+    asked: list[int] = []
+
+    def read(size: int) -> bytes:
+        asked.append(size)
+        return data[:size]
+
+    assert part10.read_meta_prefix(read) == CT_META
+    assert asked == [4096]
+    asked.clear()
+    assert part10.read_meta_prefix(read, first=200) == CT_META  # cut inside the meta
+    assert asked == [200, 800]
+    assert part10.read_meta_prefix(lambda size: data[: CT_META.dataset_offset]) == CT_META
+    with pytest.raises(CodecError, match="cut off"):
+        part10.read_meta_prefix(lambda size: data[:200][:size])
+    with pytest.raises(CodecError, match="no preamble"):
+        part10.read_meta_prefix(lambda size: b"x" * size)
+
+
+def _temporary_files() -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob(f"{TEMPORARY_PREFIX}*"))
+
+
+def test_part10_file_is_checked_and_temporary_files_go(tmp_path: Path) -> None:
+    data = CT.read_bytes()
+    command = _part10_command(data)
+    with part10_file(command, None) as stored:
+        assert stored is not None
+        assert stored.meta == CT_META
+        assert stored.path.read_bytes() == data
+        assert stored.path.name.startswith(TEMPORARY_PREFIX)
+    assert not stored.path.exists()
+    sent: list[Path] = []
+
+    def send_fails() -> None:
+        with part10_file(command, None) as stored:
+            assert stored is not None
+            sent.append(stored.path)
+            raise RuntimeError("the send failed")
+
+    with pytest.raises(RuntimeError):
+        send_fails()
+    assert not sent[0].exists()
+    assert not _temporary_files()
+    for bad, message in [
+        (_part10_command(data[132:]), "part10: not a DICOM Part 10 file"),
+        (_part10_command(data, affected_sop_class_uid=SC), "SOP Class UID differs"),
+        (_part10_command(data, affected_sop_instance_uid=UID), "SOP Instance UID differs"),
+        (_part10_command(data + b"x"), "part10: the data set has an odd length"),
+        (_part10_command(uri="file:///elsewhere/x"), "outside the bulk data directory"),
+    ]:
+        store = DirectoryStore(tmp_path / "bulk")
+        with pytest.raises(CommandError) as failed, part10_file(bad, store):
+            pass
+        assert failed.value.reason is Reason.BAD_DATASET
+        assert failed.value.permanent
+        assert message in failed.value.message
+    with (
+        pytest.raises(CommandError, match="no bulk data store"),
+        part10_file(_part10_command(uri="file:///bulk/x"), None),
+    ):
+        pass
+    assert not _temporary_files()
+
+
+def test_part10_file_from_the_claim_check_directory(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "bulk")
+    store.ensure()
+    uri = store.put_file(CT)
+    command = _part10_command(uri=uri)
+    assert command.bulk_uris() == [uri]
+    with part10_file(command, store) as stored:
+        assert stored is not None
+        assert stored.path == store.local_path(uri)  # sent from where it is
+    assert store.local_path(uri).exists()  # the caller deletes it (claim-check rule)
+    missing = _part10_command(uri=store.root.joinpath("gone").as_uri())
+    with (
+        pytest.raises(CommandError, match="BulkDataURI cannot be read"),
+        part10_file(missing, store),
+    ):
+        pass
+    # A deflated data set of odd length (PS3.5 A.5 pads it) is sent padded, from a copy.
+    deflated = _testfile("image_dfl.dcm").read_bytes()
+    offset = part10.read_meta(deflated).dataset_offset
+    assert (len(deflated) - offset) % 2
+    for odd in (_part10_command(uri=store.put(deflated)), _part10_command(deflated)):
+        with part10_file(odd, store) as stored:
+            assert stored is not None
+            assert stored.path.read_bytes() == deflated + b"\0"
+            assert stored.meta.transfer_syntax == DeflatedExplicitVRLittleEndian
+        assert not stored.path.exists()
+    assert not _temporary_files()
+
+
+@pytest.mark.parametrize(
+    ("name", "contexts"),
+    [
+        ("CT_small.dcm", [[ExplicitVRLittleEndian], [ImplicitVRLittleEndian]]),
+        ("MR_small_implicit.dcm", [[ImplicitVRLittleEndian], [ExplicitVRLittleEndian]]),
+        (
+            "image_dfl.dcm",
+            [[DeflatedExplicitVRLittleEndian], [ExplicitVRLittleEndian, ImplicitVRLittleEndian]],
+        ),
+        ("MR_small_bigendian.dcm", [[ExplicitVRBigEndian]]),
+        ("JPEG2000.dcm", [[JPEG2000]]),
+    ],
+)
+def test_part10_proposes_its_transfer_syntax_on_its_own(
+    name: str, contexts: list[list[str]]
+) -> None:
+    data = _testfile(name).read_bytes()
+    command = _part10_command(data)
+    with part10_file(command, None) as stored:
+        (need,) = needs_for(command, {}, stored)
+    assert stored is not None
+    assert need.abstract_syntax == stored.meta.sop_class_uid
+    assert need.exact == stored.meta.transfer_syntax
+    proposed = need.contexts()
+    assert {cx.abstract_syntax for cx in proposed} == {need.abstract_syntax}
+    assert [cx.transfer_syntax for cx in proposed] == contexts
+
+
+def _assoc(accepted: list[str], requested: list[list[str]]) -> Any:
+    """What Need.met_by reads of an association: contexts of CT Image Storage."""
+    ct = CT_META.sop_class_uid
+    return SimpleNamespace(
+        accepted_contexts=[
+            SimpleNamespace(abstract_syntax=ct, transfer_syntax=[s], as_scu=True, as_scp=False)
+            for s in accepted
+        ],
+        requestor=SimpleNamespace(
+            requested_contexts=[
+                SimpleNamespace(abstract_syntax=ct, transfer_syntax=s) for s in requested
+            ]
+        ),
+    )
+
+
+def test_an_association_fits_a_part10_file_when_its_syntax_was_offered_on_its_own() -> None:
+    exp, imp = ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    need = scu.Need(CT_META.sop_class_uid, (exp, imp), exact=exp)
+    assert need.met_by(_assoc([exp], [[exp], [imp]]))
+    # Refused on its own: the fallback is what the peer takes.
+    assert need.met_by(_assoc([imp], [[exp], [imp]]))
+    # Proposed together with another syntax (a dataset's context): the peer may have
+    # picked the other; a new association that offers it on its own may do better.
+    assert not need.met_by(_assoc([imp], [[exp, imp]]))
+    assert not need.met_by(_assoc([], [[exp], [imp]]))
+    assert scu.Need(CT_META.sop_class_uid, (exp, imp)).met_by(_assoc([imp], [[exp, imp]]))
+
+
+def test_make_the_pool_switches_file_sending_on() -> None:
+    pool = scu.AssociationPool("ME")
+    try:
+        assert _config.STORE_SEND_CHUNKED_DATASET
+    finally:
+        pool.close()

@@ -48,6 +48,7 @@ SOCKETS = "bridge._pynetdicom.sockets (bridge.scp.guard, bridge.scp.netopt, the 
 CALLING = "bridge._pynetdicom.calling (bridge.scp.guard)"
 CONTEXTS = "bridge._pynetdicom.contexts (bridge.scp.server)"
 LOGHANDLERS = "bridge._pynetdicom.loghandlers (bridge.scp.server)"
+SEND = "bridge._pynetdicom.send (bridge.scu.pool, bridge.scu.perform)"
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -200,6 +201,14 @@ SOURCES: dict[str, Source] = {
         "0d29ffd5d358c45a6b20436a9a45ec4ea003631dd4323e827c87365624c71cf0",
         COMMANDSET,
         "the fallback for what the command-set encoder does not handle, same signature",
+    ),
+    "Association.send_c_store": Source(
+        Association.send_c_store,
+        "fa5a8127f349f8e75698f4cdf2b4dbe3f38e3e9e320a8cf45c15bf8333f9c283",
+        SEND,
+        "with _config.STORE_SEND_CHUNKED_DATASET a path's data set is not decoded: it is "
+        "sent from the file (_dataset_path) on a context with exactly the file's transfer "
+        "syntax (allow_conversion=False), ValueError when there is none",
     ),
     "Association._bind_defaults": Source(
         Association._bind_defaults,

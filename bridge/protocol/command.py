@@ -6,7 +6,8 @@ command fields and datasets, with the same keys the envelope uses for requests t
 receives (``request.event_type_id``, ``event_information``, ...), so that a consumer can
 turn an envelope into a command by changing little. :func:`parse_command` validates one
 into a :class:`Command`; :func:`decode_datasets` turns its DICOM JSON into pydicom
-datasets; :func:`reply_body` builds the documents of ``schemas/command-reply.schema.json``.
+datasets and :func:`part10_meta` checks the Part 10 file a C-STORE command may carry
+instead; :func:`reply_body` builds the documents of ``schemas/command-reply.schema.json``.
 The builders (:func:`echo`, :func:`store`, ..., :func:`find`) write command documents for
 a sender to publish.
 
@@ -18,10 +19,11 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from pathlib import Path, PurePath
 from typing import Any, Final, Literal, TypedDict, Unpack
 
 import orjson
@@ -32,10 +34,11 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import sop_class as pynetdicom_sop_class
 from pynetdicom.status import code_to_category
 
-from bridge.errors import BridgeError, Failure
+from bridge.errors import BridgeError, CodecError, Failure
 from bridge.protocol import dicomjson, sopclasses
 from bridge.protocol.model import ENVELOPE_VERSION, Service, routing_word
-from bridge.protocol.values import is_ae_title, is_tag_text, is_uid, json_object
+from bridge.protocol.part10 import FileMeta, Part10Ref, from_json, read_meta, read_meta_prefix
+from bridge.protocol.values import is_ae_title, is_loose_uid, is_tag_text, is_uid, json_object
 
 JSONDict = dict[str, Any]
 
@@ -167,6 +170,9 @@ class Command:
     the default for N-EVENT-REPORT, which the SCP of a class sends (PS3.4 J.3.3)."""
     transfer_syntax_uid: str | None = None
     """C-STORE: the transfer syntax the dataset is in (its pixel data stays as it is)."""
+    part10: Part10Ref | None = None
+    """C-STORE: the instance as a DICOM Part 10 file, instead of ``dataset``: its data set
+    is sent as it is (see :func:`part10_meta`)."""
 
     @property
     def sop_class_uid(self) -> str | None:
@@ -180,11 +186,14 @@ class Command:
         return self.deadline is not None and now >= self.deadline
 
     def bulk_uris(self) -> list[str]:
-        """Every ``BulkDataURI`` in the command's datasets (claim-check files)."""
+        """Every ``BulkDataURI`` in the command's datasets and its ``part10`` (claim-check
+        files)."""
         uris: list[str] = []
         for document in self.datasets.values():
             if document is not None:
                 _collect_uris(document, uris)
+        if self.part10 is not None and self.part10.uri is not None:
+            uris.append(self.part10.uri)
         return uris
 
 
@@ -251,8 +260,10 @@ REQUIRED_DATASETS: Final = {
 }
 _TOP_LEVEL = frozenset(
     {"version", "id", "service", "destination", "calling_ae", "deadline", "request", "role",
-     "transfer_syntax_uid", "query_model"}
+     "transfer_syntax_uid", "query_model", "part10"}
 )  # fmt: skip
+_PART10_KEYS = frozenset({"length", "dataset_offset", "InlineBinary", "BulkDataURI"})
+_PART10_MIN = 132  # preamble and DICM
 
 
 def _uid(value: Any, name: str) -> str:
@@ -363,6 +374,34 @@ def _dataset_field(name: str, value: Any) -> JSONDict | None:
     return value
 
 
+def _part10(document: dict[str, Any]) -> Part10Ref | None:
+    """The C-STORE command's ``part10`` (decoded when inline), checked as the schema
+    checks it; the file's content is checked by :func:`part10_meta`."""
+    if "part10" not in document:
+        return None
+    if document.get("service") != Service.C_STORE.value:
+        raise _bad("part10 is for C-STORE only")
+    for other in ("dataset", "file_meta", "transfer_syntax_uid"):
+        if other in document:
+            raise _bad(f"{other} not allowed with part10 (the Part 10 file has its own)")
+    value = document["part10"]
+    if not isinstance(value, dict):
+        raise _bad("part10 must be an object")
+    if value.keys() - _PART10_KEYS:
+        raise _bad("part10 takes length, dataset_offset and InlineBinary or BulkDataURI only")
+    for name in ("length", "dataset_offset"):
+        number = value.get(name)
+        if isinstance(number, bool) or not isinstance(number, int) or number < _PART10_MIN:
+            raise _bad(f"part10.{name} must be an integer of at least {_PART10_MIN}")
+    uri = value.get("BulkDataURI")
+    if uri is not None and not (isinstance(uri, str) and uri.startswith("file://")):
+        raise _bad("part10.BulkDataURI must be a file:// URI")
+    try:
+        return from_json(value)
+    except CodecError as exc:
+        raise _bad(exc.message) from None
+
+
 def parse_command(body: bytes, *, default_id: str | None = None) -> Command:
     """Validate a command document. ``default_id`` (the AMQP correlation id) names it when
     it has no ``id``. Raises :class:`CommandError` (``bad-command``) naming the first
@@ -391,9 +430,11 @@ def parse_command(body: bytes, *, default_id: str | None = None) -> Command:
         for name in datasets_allowed
         if name in document
     }
+    stored_file = _part10(document)
     required = REQUIRED_DATASETS.get(service)
-    if required is not None and datasets.get(required) is None:
-        raise _bad(f"{service.dimse_name} needs {required}")
+    if required is not None and datasets.get(required) is None and stored_file is None:
+        alternative = " or part10" if service is Service.C_STORE else ""
+        raise _bad(f"{service.dimse_name} needs {required}{alternative}")
     request = _request(service, document.get("request"))
     role = document.get("role", "scp" if service is Service.N_EVENT_REPORT else "scu")
     if role not in ("scu", "scp"):
@@ -419,6 +460,7 @@ def parse_command(body: bytes, *, default_id: str | None = None) -> Command:
         deadline=_deadline(document.get("deadline")),
         role=role,
         transfer_syntax_uid=syntax,
+        part10=stored_file,
     )
 
 
@@ -446,7 +488,8 @@ def decode_datasets(
     """The command's datasets as pydicom Datasets, checked to be encodable (text in its
     Specific Character Set). For C-STORE the dataset gets ``file_meta`` with the transfer
     syntax to send it in, and must have its SOP Class and Instance UIDs, matching the
-    request's when it gives them. Raises :class:`CommandError` (``bad-dataset``)."""
+    request's when it gives them (a C-STORE of a Part 10 file has no datasets: see
+    :func:`part10_meta`). Raises :class:`CommandError` (``bad-dataset``)."""
     decoded: dict[str, Dataset | None] = {}
     for name, document in command.datasets.items():
         if document is None:
@@ -458,9 +501,35 @@ def decode_datasets(
             raise CommandError(Reason.BAD_DATASET, f"{name}: {exc.message}") from exc
         check_encodable(ds, name)
         decoded[name] = ds
-    if command.service is Service.C_STORE:
+    if command.service is Service.C_STORE and command.part10 is None:
         _prepare_store(command, decoded)
     return decoded
+
+
+def part10_meta(command: Command, read: Callable[[int], bytes]) -> FileMeta:
+    """The File Meta Information of a C-STORE command's Part 10 file, which ``read(n)``
+    reads the first ``n`` bytes of (see :func:`bridge.protocol.part10.read_meta_prefix`):
+    its transfer syntax, and the SOP Class and Instance UIDs of the request, which must
+    match the request's when it gives them. The data set itself is not looked at: it is
+    sent as it is. Raises :class:`CommandError` (``bad-dataset``) when the file is not a
+    Part 10 file or its File Meta Information lacks one of the three; OSError from
+    ``read``."""
+    try:
+        meta = read_meta_prefix(read)
+    except CodecError as exc:
+        raise CommandError(Reason.BAD_DATASET, f"part10: {exc.message}") from None
+    for name, value, given in (
+        ("Media Storage SOP Class UID", meta.sop_class_uid,
+         command.request.affected_sop_class_uid),
+        ("Media Storage SOP Instance UID", meta.sop_instance_uid,
+         command.request.affected_sop_instance_uid),
+        ("Transfer Syntax UID", meta.transfer_syntax, None),
+    ):  # fmt: skip
+        if not is_loose_uid(value):
+            raise CommandError(Reason.BAD_DATASET, f"part10: {name} is not a UID")
+        if given is not None and value != given:
+            raise CommandError(Reason.BAD_DATASET, f"part10: {name} differs from the request's")
+    return meta
 
 
 def _prepare_store(command: Command, decoded: dict[str, Dataset | None]) -> None:
@@ -646,6 +715,9 @@ def encode_response_dataset(
 DatasetLike = Dataset | JSONDict
 """A dataset of a command: a pydicom Dataset (the sender encodes it) or DICOM JSON."""
 
+Part10Source = str | PurePath | bytes | bytearray | memoryview
+"""A DICOM Part 10 file for a C-STORE command: its path, or its bytes."""
+
 
 class BuildOptions(TypedDict, total=False):
     """Keyword options every builder takes."""
@@ -722,7 +794,7 @@ def echo(ae: str, **options: Unpack[BuildOptions]) -> JSONDict:
 
 def store(
     ae: str,
-    dataset: DatasetLike,
+    dataset: DatasetLike | Part10Source,
     *,
     priority: int | None = None,
     move_originator_ae_title: str | None = None,
@@ -730,8 +802,37 @@ def store(
     transfer_syntax_uid: str | None = None,
     **options: Unpack[BuildOptions],
 ) -> JSONDict:
-    """C-STORE of ``dataset``; ``transfer_syntax_uid`` is the encoding its values are in,
-    by default its ``file_meta``'s (when it has one)."""
+    """C-STORE of ``dataset``: a pydicom Dataset or DICOM JSON (``transfer_syntax_uid``
+    is the encoding its values are in, by default its ``file_meta``'s when it has one),
+    or a DICOM Part 10 file, by path (``str`` or :class:`~pathlib.Path`) or as
+    ``bytes``, whose data set the bridge sends as it is when the peer accepts the file's
+    transfer syntax.
+
+    A file goes in the document as ``part10`` (a :class:`~pathlib.Path` or ``bytes``
+    until the sender reads or links it: :meth:`bridge.sdk.client.CommandClient.prepare`).
+    Raises ValueError for bytes that are not a Part 10 file (missing preamble, ``DICM``,
+    Transfer Syntax or Media Storage SOP Class or Instance UID) and for a
+    ``transfer_syntax_uid`` given with a file (its File Meta names it); the sender
+    checks a file at a path the same way."""
+    fields = _options(
+        options,
+        priority=priority,
+        move_originator_ae_title=move_originator_ae_title,
+        move_originator_message_id=move_originator_message_id,
+    )
+    if isinstance(dataset, str | PurePath | bytes | bytearray | memoryview):
+        if transfer_syntax_uid is not None:
+            raise ValueError("transfer_syntax_uid: a Part 10 file's is in its File Meta")
+        source: Path | bytes
+        if isinstance(dataset, str | PurePath):
+            source = Path(dataset)
+        else:
+            source = bytes(dataset)
+            try:
+                read_meta(source)
+            except CodecError as exc:
+                raise ValueError(exc.message) from None
+        return build(Service.C_STORE, ae, part10=source, **fields)
     if transfer_syntax_uid is None:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         transfer_syntax_uid = str(syntax) if syntax else None
@@ -740,12 +841,7 @@ def store(
         ae,
         datasets={"dataset": dataset},
         transfer_syntax_uid=transfer_syntax_uid,
-        **_options(
-            options,
-            priority=priority,
-            move_originator_ae_title=move_originator_ae_title,
-            move_originator_message_id=move_originator_message_id,
-        ),
+        **fields,
     )
 
 

@@ -19,7 +19,7 @@ import base64
 import binascii
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -138,6 +138,37 @@ def read_meta(data: bytes | bytearray | memoryview) -> FileMeta:
         dataset_offset=position,
         source_ae=text(0x0016, "Source AE Title", required=False) or None,
     )
+
+
+META_READ_LIMIT: Final = 1 << 20
+"""Bytes :func:`read_meta_prefix` reads at most to find the end of the File Meta
+Information (which takes a few hundred in practice)."""
+
+
+def read_meta_prefix(read: Callable[[int], bytes], *, first: int = 4096) -> FileMeta:
+    """:func:`read_meta` of a Part 10 file read through ``read(n)``, which returns its
+    first ``n`` bytes (fewer only at its end): reads ``first`` bytes, and more only while
+    the File Meta Information goes on past them, so never the whole of a large file. The
+    I/O is the caller's. Raises CodecError as :func:`read_meta` does, also when the File Meta
+    Information is longer than :data:`META_READ_LIMIT`."""
+    size = first
+    while True:
+        head = read(size)
+        whole = len(head) < size
+        try:
+            meta = read_meta(head)
+        except CodecError:
+            # More bytes can help only a file that has the prefix (or may have it).
+            if whole or (len(head) >= len(PREAMBLE) and bytes(head[128:132]) != b"DICM"):
+                raise
+        else:
+            # An element header (12 bytes at most) past the meta is in view, or the file
+            # ends: the meta cannot go on beyond what was read.
+            if whole or meta.dataset_offset + 12 <= len(head):
+                return meta
+        if size >= META_READ_LIMIT:
+            raise CodecError("File Meta Information is too long")
+        size = min(size * 4, META_READ_LIMIT)
 
 
 # -- the JSON form ------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from bridge.protocol.command import (
     reply_body,
 )
 from bridge.protocol.model import Service
-from bridge.scu.perform import perform
+from bridge.scu.perform import part10_file, perform
 from bridge.scu.pool import AssociationPool, Peer
 from bridge.transport import broker
 from bridge.transport.bulkstore import BulkStore
@@ -391,7 +391,18 @@ class Commander:
         outcome: CommandError | None = None
         try:
             datasets = decode_datasets(command, fetch)
-            perform(self.pool, command, peer, datasets, emit, give_up_at=_give_up_at(command))
+            if command.part10 is not None and command.part10.uri is not None:
+                read.append(command.part10.uri)  # a claim-check file, read where it is
+            with part10_file(command, self.store) as stored:
+                perform(
+                    self.pool,
+                    command,
+                    peer,
+                    datasets,
+                    emit,
+                    give_up_at=_give_up_at(command),
+                    part10=stored,
+                )
         except CommandError as exc:
             outcome = exc
         except BridgeError as exc:  # the broker failed while streaming: no reply possible

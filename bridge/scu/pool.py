@@ -5,7 +5,9 @@ Runs in worker threads only (pynetdicom blocks); nothing here touches the event 
 :class:`AssociationPool` keeps up to ``per_destination_limit`` associations per destination
 (host, port, called and calling AE title). A request reuses an idle association whose
 accepted presentation contexts (and roles) fit it, else opens one proposing what it needs;
-idle associations are released after ``idle_timeout``. Opening is retried on connection
+idle associations are released after ``idle_timeout``. C-STOREs of Part 10 files are
+sent as they are (:func:`bridge._pynetdicom.send.send_files_as_they_are`, switched on for
+the process when a pool is made). Opening is retried on connection
 failure with capped exponential backoff shared by everyone using the destination: while
 it fails, one request at a time probes it, and every failed probe counts as an attempt
 for all who wait, so a dead peer costs a bounded number of connection attempts, never a
@@ -25,6 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, build_role, evt
 
+from bridge._pynetdicom.send import send_files_as_they_are
 from bridge.protocol.command import CommandError, Reason
 
 if TYPE_CHECKING:
@@ -56,14 +59,26 @@ class Peer:
 @dataclass(frozen=True)
 class Need:
     """A presentation context a request needs: abstract syntax, acceptable transfer
-    syntaxes, and whether the bridge must be the SCP of the class (role selection)."""
+    syntaxes, and whether the bridge must be the SCP of the class (role selection).
+
+    ``exact``, one of the transfer syntaxes, is the one the request would rather have
+    (a Part 10 file's, to send its bytes as they are): it is proposed in a context of its
+    own, so that the peer cannot pick another syntax of the same context instead, and
+    the others in a second one."""
 
     abstract_syntax: str
     transfer_syntaxes: tuple[str, ...] = UNCOMPRESSED
     as_scp: bool = False
+    exact: str | None = None
 
-    def context(self) -> PresentationContext:
-        return build_context(self.abstract_syntax, list(self.transfer_syntaxes))
+    def contexts(self) -> list[PresentationContext]:
+        """The presentation contexts to propose for the need."""
+        if self.exact is None:
+            return [build_context(self.abstract_syntax, list(self.transfer_syntaxes))]
+        others = [syntax for syntax in self.transfer_syntaxes if syntax != self.exact]
+        return [build_context(self.abstract_syntax, [self.exact])] + (
+            [build_context(self.abstract_syntax, others)] if others else []
+        )
 
     def role(self) -> SCP_SCU_RoleSelectionNegotiation | None:
         if not self.as_scp:
@@ -71,14 +86,27 @@ class Need:
         return build_role(self.abstract_syntax, scu_role=False, scp_role=True)
 
     def met_by(self, assoc: Association, *, strict_role: bool = True) -> bool:
+        """Whether ``assoc`` accepted a context for the need (in the role it needs, with
+        ``strict_role``). With ``exact``, one of its other syntaxes only does when
+        ``exact`` was proposed on its own on ``assoc`` too (the peer refused it):
+        else a new association, which proposes it, may do better."""
+        fallback = False
         for cx in assoc.accepted_contexts:
             if str(cx.abstract_syntax) != self.abstract_syntax:
                 continue
-            if str(cx.transfer_syntax[0]) not in self.transfer_syntaxes:
+            syntax = str(cx.transfer_syntax[0])
+            if syntax not in self.transfer_syntaxes:
                 continue
-            if not strict_role or (cx.as_scp if self.as_scp else cx.as_scu):
+            if strict_role and not (cx.as_scp if self.as_scp else cx.as_scu):
+                continue
+            if self.exact is None or syntax == self.exact:
                 return True
-        return False
+            fallback = True
+        return fallback and any(
+            str(cx.abstract_syntax) == self.abstract_syntax
+            and [str(t) for t in cx.transfer_syntax] == [self.exact]
+            for cx in assoc.requestor.requested_contexts
+        )
 
 
 @dataclass
@@ -211,6 +239,7 @@ class AssociationPool:
         self._closed = False
         self._reaper = threading.Thread(target=self._reap, name="scu-pool-reaper", daemon=True)
         self._reaper.start()
+        send_files_as_they_are()
 
     # -- public ---------------------------------------------------------------------------
 
@@ -421,7 +450,10 @@ class AssociationPool:
         raises CommandError (``refused`` permanent or transient, ``unavailable``) unless
         ``needs`` are accepted."""
         self._count("connect_attempts")
-        contexts = [need.context() for need in proposal]
+        contexts: dict[tuple[str, ...], PresentationContext] = {}
+        for need in proposal:
+            for cx in need.contexts():
+                contexts.setdefault((str(cx.abstract_syntax), *map(str, cx.transfer_syntax)), cx)
         roles = {n.abstract_syntax: r for n in proposal if (r := n.role()) is not None}
         placeholder: list[_Pooled] = []
 
@@ -432,7 +464,7 @@ class AssociationPool:
         assoc = self._ae(peer.calling_ae).associate(
             peer.host,
             peer.port,
-            contexts,
+            list(contexts.values())[:MAX_CONTEXTS],
             ae_title=peer.called_ae,
             max_pdu=self.max_pdu,
             ext_neg=list(roles.values()) or None,

@@ -11,6 +11,7 @@
 
     with CommandClient(url) as client:                          # no event loop of your own
         client.send_sync(command.store("ARCHIVE", dataset))
+        client.send_store_sync("ARCHIVE", "/data/CT1.dcm")      # a Part 10 file, sent as it is
 
 The builders of :mod:`bridge.protocol.command` write the commands; every builder also has
 shorthands here, ``send_<service>`` and ``send_<service>_sync`` with its arguments
@@ -20,9 +21,11 @@ A client publishes commands (``schemas/command.schema.json``) to the exchange wi
 routing key ``command.<service>.<AE>`` (or straight to a queue), persistent and mandatory,
 and waits for the correlated replies on its own exclusive reply queue. It encodes pydicom
 datasets to DICOM JSON (values above ``bulk_threshold`` through the claim-check directory
-``bulk_dir``, shared with the bridge), names the command and stamps its deadline when it
-sends it (:meth:`CommandClient.prepare`), and decodes response datasets on first access
-to :attr:`CommandResult.dataset`.
+``bulk_dir``, shared with the bridge), carries a C-STORE's Part 10 file as ``part10``
+(in the message up to ``bulk_threshold`` bytes, else linked or copied into ``bulk_dir``,
+never read whole), names the command and stamps its deadline when it sends it
+(:meth:`CommandClient.prepare`), and decodes response datasets on first access to
+:attr:`CommandResult.dataset`.
 
 Return and raise: ``send`` returns the :class:`CommandResult` whatever DIMSE status the
 peer answered; it raises :class:`CommandFailed` when there is no DIMSE answer (the reply's
@@ -42,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import socket
 import threading
 import uuid
@@ -62,9 +66,9 @@ from aio_pika.abc import (
 )
 from pydicom.dataset import Dataset
 
-from bridge.errors import BridgeError, BrokerUnavailable, Unroutable
+from bridge.errors import BridgeError, BrokerUnavailable, CodecError, Unroutable
 from bridge.protocol import command as commands
-from bridge.protocol import dicomjson
+from bridge.protocol import dicomjson, part10
 from bridge.protocol.envelope import iso_time
 from bridge.protocol.model import Service
 from bridge.protocol.values import json_object
@@ -533,13 +537,12 @@ class CommandClient:
     def prepare(self, command: Mapping[str, Any], *, timeout: float | None = None) -> JSONDict:
         """The document as :meth:`send` publishes ``command`` (a builder's, or any command
         document): pydicom Datasets encoded to DICOM JSON (binary values above
-        ``bulk_threshold`` through the claim-check directory), an ``id`` unless it has
-        one, and its ``deadline`` as a time: a relative one from now, else ``timeout``
-        (default the client's) from now, unless it names one."""
-        document = {
-            name: self._json(value) if isinstance(value, Dataset) else value
-            for name, value in command.items()
-        }
+        ``bulk_threshold`` through the claim-check directory), a ``part10`` path or bytes
+        as its JSON form (:meth:`_part10`), an ``id`` unless it has one, and its
+        ``deadline`` as a time: a relative one from now, else ``timeout`` (default the
+        client's) from now, unless it names one. Raises ValueError for a ``part10`` that
+        is not a DICOM Part 10 file, OSError when its path cannot be read or linked."""
+        document = {name: self._encoded(name, value) for name, value in command.items()}
         document.setdefault("id", str(uuid.uuid4()))
         deadline = document.get("deadline")
         if deadline is None:
@@ -575,10 +578,45 @@ class CommandClient:
     def _json(self, value: Dataset) -> JSONDict:
         return dicomjson.dataset_to_json(value, bulk_data=self._sink)
 
+    def _encoded(self, name: str, value: Any) -> Any:
+        if isinstance(value, Dataset):
+            return self._json(value)
+        if name == "part10" and isinstance(value, os.PathLike | bytes | bytearray | memoryview):
+            return self._part10(value)
+        return value
+
     def _sink(self, tag: int, vr: str, value: bytes) -> str | None:
         if self.store is None or len(value) <= self.bulk_threshold:
             return None
         return self.store.put(value)
+
+    def _part10(self, source: os.PathLike[str] | bytes | bytearray | memoryview) -> JSONDict:
+        """The ``part10`` of a C-STORE command (``schemas/command.schema.json``): the
+        file in the message (base64) up to ``bulk_threshold`` bytes or without
+        ``bulk_dir``, else in the claim-check directory, hard-linked where it can be
+        (else copied by the kernel: a file at a path is never read whole here), which
+        the bridge deletes once the command is answered. Raises ValueError when it is
+        not a DICOM Part 10 file, OSError when the path cannot be read or linked."""
+        if not isinstance(source, os.PathLike):
+            data = bytes(source)
+            try:
+                offset = part10.read_meta(data).dataset_offset
+            except CodecError as exc:
+                raise ValueError(exc.message) from None
+            if self.store is None or len(data) <= self.bulk_threshold:
+                return part10.inline_json(data, offset)
+            return part10.uri_json(self.store.put(data), len(data), offset)
+        path = Path(source)
+        with open(path, "rb") as handle:
+            fd = handle.fileno()
+            size = os.fstat(fd).st_size
+            try:
+                offset = part10.read_meta_prefix(lambda n: os.pread(fd, n, 0)).dataset_offset
+            except CodecError as exc:
+                raise ValueError(exc.message) from None
+            if self.store is None or size <= self.bulk_threshold:
+                return part10.inline_json(handle.read(), offset)
+        return part10.uri_json(self.store.put_file(path), size, offset)
 
     async def send(
         self, command: Mapping[str, Any], *, timeout: float | None = None
