@@ -1,6 +1,6 @@
 """Ingest: DCMTK's storescu sending CT images to five receivers, side by side, one command.
 
-    .venv/bin/python bench/ingest.py                 # about 6 minutes on 2 cores
+    .venv/bin/python bench/ingest.py                 # about 4.5 minutes on 2 cores
     .venv/bin/python bench/ingest.py --quick         # 1 run, a 10 MB large instance: ~2 min
     .venv/bin/python bench/ingest.py --envelopes-only   # only the envelope table: seconds
     .venv/bin/python bench/ingest.py --images 400 --large-mb 200 --consumer-processes 2
