@@ -322,6 +322,102 @@ def sdk_envelope(index: int, deadline: datetime) -> tuple[str, bytes, dict[str, 
     return request_id, envelope.to_json(), dict(envelope.headers())
 
 
+class StoreEnvelope:
+    """C-STORE envelopes of one Part 10 file, built by the bridge's own code as
+    ``bridge.scp.conversation`` builds them for a data set received into memory: File
+    Meta Information made by ``bridge.protocol.part10.header`` in front of the data set
+    bytes, ``bridge.scp.received.ReceivedDataSet``, ``build_envelope`` and the Part 10
+    file inline (``part10.inline_json``), then ``to_json``.
+
+    ``build(references=True)`` is what the bridge sends: values over
+    ``received.REFERENCE_MIN`` bytes are references into the Part 10 file.
+    ``build(references=False)`` is the same envelope with every value a base64 copy in
+    ``dataset`` (read whole, ``defer_size`` 1 MiB), next to the Part 10 file that holds
+    it again."""
+
+    def __init__(self, path: Path) -> None:
+        from pydicom.uid import UID as _UID
+        from pynetdicom.events import Event
+        from pynetdicom.presentation import PresentationContextTuple
+
+        from bridge.protocol import part10
+        from bridge.protocol.envelope import AssociationInfo
+
+        data = path.read_bytes()
+        self.file_bytes = len(data)
+        self.meta = meta = part10.read_meta(data)
+        self.syntax = _UID(meta.transfer_syntax)
+        self._dataset = data[meta.dataset_offset :]
+        request = C_STORE()
+        request.MessageID = 1
+        request.AffectedSOPClassUID = meta.sop_class_uid
+        request.AffectedSOPInstanceUID = meta.sop_instance_uid
+        request.Priority = 2
+        request.DataSet = BytesIO()  # received into the Part 10 file, as the bridge does
+        context = PresentationContextTuple(1, _UID(meta.sop_class_uid), self.syntax)
+        self._event = Event(
+            cast(Association, None), evt.EVT_C_STORE, {"request": request, "context": context}
+        )
+        self._info = AssociationInfo(
+            id="bench-association",
+            calling_ae=CALLING_AE,
+            called_ae=BRIDGE_AE,
+            peer_address="127.0.0.1",
+            peer_port=40000,
+        )
+        self._deadline = utc_deadline(600)
+
+    def envelope(self, *, references: bool) -> Any:
+        """The ``bridge.protocol.envelope.Envelope`` (see the class)."""
+        import dataclasses
+
+        from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
+
+        from bridge.protocol import part10
+        from bridge.protocol.envelope import build_envelope
+        from bridge.protocol.model import Service
+        from bridge.scp import received
+
+        meta = self.meta
+        whole = (
+            part10.header(
+                sop_class_uid=meta.sop_class_uid,
+                sop_instance_uid=meta.sop_instance_uid,
+                transfer_syntax=meta.transfer_syntax,
+                implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+                source_ae=CALLING_AE,
+            )
+            + self._dataset
+        )
+        dataset_file = received.ReceivedDataSet(
+            whole,
+            self.syntax,
+            defer_size=received.REFERENCE_MIN if references else 1 << 20,
+            references=references,
+        )
+        try:
+            envelope = build_envelope(
+                self._event,
+                Service.C_STORE,
+                request_id="bench-request",
+                association=self._info,
+                deadline=self._deadline,
+                dataset_file=dataset_file,
+            )
+            memory = dataset_file.part10_memory()
+            assert memory is not None
+            return dataclasses.replace(
+                envelope, part10=part10.inline_json(memory, dataset_file.dataset_offset)
+            )
+        finally:
+            dataset_file.discard()
+
+    def build(self, *, references: bool) -> bytes:
+        """The message body (see the class)."""
+        body: bytes = self.envelope(references=references).to_json()
+        return body
+
+
 # -- server roles (child processes) -------------------------------------------------------
 
 
@@ -851,6 +947,116 @@ def broker_version() -> str | None:
         return asyncio.run(_broker_version())
     except Exception:
         return None
+
+
+# -- the broker alone ---------------------------------------------------------------------
+
+
+async def echo_server(queue: str, queue_type: str) -> None:
+    """A bare aio-pika consumer that answers every message at once (no SDK): declares
+    ``queue`` (durable, of ``queue_type``), says ``echo ready`` on stdout, and runs until
+    it is stopped."""
+    import aio_pika
+    from aio_pika.abc import AbstractIncomingMessage
+
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=32)
+    replies = await connection.channel(publisher_confirms=True)
+    arguments: dict[str, Any] = {"x-queue-type": queue_type}
+    source = await channel.declare_queue(queue, durable=True, arguments=arguments)
+
+    async def answer(message: AbstractIncomingMessage) -> None:
+        reply = aio_pika.Message(b'{"status":0}', correlation_id=message.correlation_id)
+        await replies.default_exchange.publish(reply, message.reply_to or "")
+        await message.ack()
+
+    await source.consume(answer)
+    print("echo ready", flush=True)
+    await asyncio.Event().wait()
+
+
+class RoundTrips:
+    """Request/reply round trips as the bridge makes them (``bridge.transport.amqp``): a
+    confirmed, mandatory publish with the bridge's message properties (not persistent,
+    an expiration, the envelope's headers) on one connection, the reply read from an
+    exclusive, server-named reply queue on another. Use ``async with``; one request at a
+    time through :meth:`once`."""
+
+    def __init__(self, exchange: str = "") -> None:
+        self._exchange = exchange
+        self._connections: list[Any] = []
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._target: Any = None
+        self._reply_to = ""
+
+    async def __aenter__(self) -> RoundTrips:
+        import aio_pika
+        from aio_pika.abc import AbstractIncomingMessage
+
+        publishing = await aio_pika.connect(AMQP_URL)
+        self._connections.append(publishing)
+        consuming = await aio_pika.connect(AMQP_URL)
+        self._connections.append(consuming)
+        channel = await publishing.channel(publisher_confirms=True)
+        exchange = self._exchange
+        self._target = (
+            await channel.get_exchange(exchange) if exchange else channel.default_exchange
+        )
+        reply_channel = await consuming.channel()
+        replies = await reply_channel.declare_queue("", exclusive=True, auto_delete=True)
+        self._reply_to = replies.name
+
+        async def on_reply(message: AbstractIncomingMessage) -> None:
+            future = self._waiting.pop(message.correlation_id or "", None)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+        await replies.consume(on_reply, no_ack=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for connection in self._connections:
+            with contextlib.suppress(Exception):
+                await connection.close()
+        self._connections.clear()
+
+    async def once(
+        self,
+        route: str,
+        body: bytes,
+        headers: dict[str, Any],
+        *,
+        kind: str,
+        request_id: str | None = None,
+        timeout: float = 10.0,
+    ) -> float:
+        """One round trip of ``body`` to ``route``: seconds from the publish to the reply."""
+        import aio_pika
+
+        request_id = request_id or str(uuid.uuid4())
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            correlation_id=request_id,
+            message_id=request_id,
+            reply_to=self._reply_to,
+            expiration=60,
+            timestamp=datetime.now(UTC),
+            type=kind,
+            app_id="dicom-bridge",
+            headers=headers,
+        )
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        started = time.perf_counter()
+        try:
+            await self._target.publish(message, route, mandatory=True, timeout=timeout)
+            await asyncio.wait_for(future, timeout)
+        finally:
+            self._waiting.pop(request_id, None)
+        return time.perf_counter() - started
 
 
 # -- the consumer SDK alone ---------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Ingest: DCMTK's storescu sending CT images to four receivers, side by side, one command.
+"""Ingest: DCMTK's storescu sending CT images to five receivers, side by side, one command.
 
-    .venv/bin/python bench/ingest.py                 # about 4 minutes on 2 cores
-    .venv/bin/python bench/ingest.py --quick         # 1 run, a 10 MB large instance: ~1 min
+    .venv/bin/python bench/ingest.py                 # about 4.5 minutes on 2 cores
+    .venv/bin/python bench/ingest.py --quick         # 1 run, a 10 MB large instance: ~2 min
+    .venv/bin/python bench/ingest.py --envelopes-only   # only the envelope table: seconds
     .venv/bin/python bench/ingest.py --images 400 --large-mb 200 --consumer-processes 2
 
 Starts, on 127.0.0.1 and free ports, each writing what it receives into a directory of its
@@ -9,26 +10,54 @@ own: (1) DCMTK's ``storescp -od DIR`` (its defaults: one process, one associatio
 time), (2) Orthanc from Debian's package with a configuration written here (files plus its
 SQLite index), (3) a pynetdicom SCP with the bridge's socket tuning (``bridge.scp.netopt``,
 as ``bench/run.py``'s "(b) tuned") that receives each data set into a file and moves it
-into its directory, and (4) the bridge (``dicom-bridge serve``) with the example consumer
-(``dicom-bridge example-consumer --data-dir``), sharing a claim-check directory.
+into its directory, and the bridge (``dicom-bridge serve``) with the example consumer
+(``dicom-bridge example-consumer --data-dir``), sharing a claim-check directory, twice:
+(4) ``bridge``, the example consumer as shipped (a quorum queue, one process;
+``--consumer-processes N`` passes ``--processes N``), and (5) ``bridge-fast``, the example
+consumer configured for throughput (``--queue-type classic --processes 2``). Each bridge
+has its own exchange, queue and directories.
 
 Stock storescu then sends N distinct copies of pydicom's CT_small, (a) over one
 association, (b) over four associations at once (four storescu processes); every run uses
 new SOP Instance UIDs and the order of the receivers rotates from run to run, so that
 machine drift cancels. After each send the receiver must hold N more instances (files, or
 Orthanc's ``/statistics``), else its row fails and gets no number. CPU time per image of
-every process involved is read from /proc: storescu, the receiver, and for the bridge the
-consumer (all its processes) and the RabbitMQ node (beam.smp). Last, one large instance
-is sent to each receiver: MB/s, and the receiver's idle and peak RSS.
+every process involved is read from /proc: storescu, the receiver, and for the bridges the
+consumer (all its processes) and the RabbitMQ node (beam.smp). Then one large instance
+is sent to each receiver: MB/s, and the receiver's idle and peak RSS. Every bridge target
+(rates, ratios to Orthanc and to the tuned SCP, peak RSS) is evaluated for both bridge
+rows.
 
-Prints Markdown tables with the targets and writes ``bench/results/ingest-<timestamp>.json``.
-Needs RabbitMQ on 127.0.0.1:5672, DCMTK and Orthanc (``scripts/setup.sh`` installs both).
+The floor, measured in the same run (``DESIGN.md``: a target below a physical floor is
+shown against it): the broker round trip of a C-STORE envelope of CT_small (built by the
+bridge's code) published confirmed and mandatory as the bridge publishes it, answered by
+a bare aio-pika echo consumer in a child process, through a quorum and a classic queue
+(median and p90 over 300 sequential requests after a warm-up, the queue types alternating
+in blocks). One association cannot beat the tuned SCP's time per image plus that round
+trip (the row's queue type): the images/s ceiling this implies is printed next to the
+bridge's rate and its target. For four associations, CPU ms per image summed over every
+process is set against the cores spread over the target rate (2 cores / 250 images/s =
+8 ms per image).
+
+Envelopes, in this process: for pydicom's CT_small, MR_small and JPEG2000 (those present)
+the C-STORE envelope with the Part 10 file inline, built by the bridge's code two ways:
+values over ``received.REFERENCE_MIN`` bytes as references into the Part 10 file (what the
+bridge sends) or as base64 copies in ``dataset``. Body size, CPU per build
+(``time.process_time``, 200 builds per way, the ways alternating in blocks) and CPU per
+``orjson.loads`` of the body (the consumer's first step): why large values are
+references (``docs/protocol.md``).
+
+Prints Markdown tables with the targets and writes ``bench/results/ingest-<timestamp>.json``
+(``ingest-envelopes-<timestamp>.json`` with ``--envelopes-only``). Needs RabbitMQ on
+127.0.0.1:5672, DCMTK and Orthanc (``scripts/setup.sh`` installs both).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -51,7 +80,25 @@ import benchlib as lib
 HERE = Path(__file__).resolve().parent
 ORTHANC = "/usr/sbin/Orthanc"
 LOADS = (1, 4)
-KEYS = ("storescp", "orthanc", "tuned", "bridge")
+KEYS = ("storescp", "orthanc", "tuned", "bridge", "bridge-fast")
+BRIDGES = ("bridge", "bridge-fast")
+"""The bridge rows: the example consumer as shipped (a quorum queue, one process, or
+``--consumer-processes``), and configured for throughput (:data:`FAST_FLAGS`)."""
+FAST_FLAGS = ("--queue-type", "classic", "--processes", "2")
+QUEUE_TYPE = {"bridge": "quorum", "bridge-fast": "classic"}
+"""The example consumer's queue type in each bridge row (its default is quorum)."""
+RATE_TARGETS = {1: 150.0, 4: 250.0}
+"""images/s the bridge rows should reach, by associations."""
+FLOOR_REQUESTS = 300
+FLOOR_WARM_UP = 50
+FLOOR_BLOCK = 50
+ENVELOPE_FILES = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm")
+ENVELOPE_WAYS = ("references", "copies")
+ENVELOPE_BLOCKS = 10
+ENVELOPE_BLOCK = 20
+"""Builds per way = blocks x block; each block times one way, the ways alternating."""
+LOADS_PER_BUILD = 5
+"""orjson.loads timed per build timed (they are much cheaper)."""
 WARM_UP_IMAGES = 8
 ROLE_ORDER = ["storescu", "receiver", "consumer", "broker"]
 STORED_WAIT_S = 10.0
@@ -77,6 +124,8 @@ class Receiver:
     count: Callable[[], int]
     """Instances it holds now."""
     note: str = ""
+    broker: bool = False
+    """Its requests go through RabbitMQ: the broker's CPU time counts for it."""
 
 
 def count_part10(directory: Path) -> int:
@@ -266,8 +315,12 @@ def start_tuned(tmp: Path, started: Started) -> Receiver:
     )
 
 
-def start_bridge(tmp: Path, started: Started, consumer_processes: int) -> Receiver:
-    home = tmp / "bridge"
+def start_bridge(
+    tmp: Path, started: Started, key: str, consumer_flags: Sequence[str], label: str
+) -> Receiver:
+    """``dicom-bridge serve`` and ``dicom-bridge example-consumer`` (with
+    ``consumer_flags``) on an exchange, queue and claim-check directory of their own."""
+    home = tmp / key
     store, bulk = home / "store", home / "bulk"
     home.mkdir()
     exchange = f"bench-ingest-{uuid.uuid4().hex[:8]}"
@@ -279,9 +332,7 @@ def start_bridge(tmp: Path, started: Started, consumer_processes: int) -> Receiv
         lib.bridge_command(port, exchange, bulk), home / "bridge.log", env=lib.bridge_env(home)
     )
     command = [lib.BRIDGE_EXE, "example-consumer", "--exchange", exchange, "--queue", queue]
-    command += ["--data-dir", str(store), "--bulk-dir", str(bulk)]
-    if consumer_processes > 1:
-        command += ["--processes", str(consumer_processes)]
+    command += ["--data-dir", str(store), "--bulk-dir", str(bulk), *consumer_flags]
     env = {**lib.quiet_env(), "XDG_CACHE_HOME": str(home / "cache")}
     consumer = started.spawn(command, home / "consumer.log", env=env)
     deadline = time.monotonic() + 60
@@ -299,17 +350,33 @@ def start_bridge(tmp: Path, started: Started, consumer_processes: int) -> Receiv
         except RuntimeError:
             if time.monotonic() > deadline:
                 raise
-    processes = f", {consumer_processes} consumer processes" if consumer_processes > 1 else ""
+    flags = "".join(f" {flag}" for flag in consumer_flags)
+    defaults = "" if "--queue-type" in consumer_flags else " (its default: a quorum queue)"
     return Receiver(
-        "bridge",
-        f"bridge + example consumer{processes}",
+        key,
+        label,
         port,
         lib.BRIDGE_AE,
         {"receiver": bridge.pid, "consumer": consumer.pid},
         lambda: count_part10(store),
         "`dicom-bridge serve` (as bench/run.py starts it) and `dicom-bridge example-consumer "
-        "--data-dir DIR`, one claim-check directory; broker CPU is the RabbitMQ node's",
+        f"--data-dir DIR{flags}`{defaults}, one claim-check directory; broker CPU is the "
+        "RabbitMQ node's",
+        broker=True,
     )
+
+
+def bridge_label(key: str, consumer_processes: int) -> str:
+    if key == "bridge-fast":
+        return f"bridge-fast: bridge + example consumer {' '.join(FAST_FLAGS)}"
+    processes = f", {consumer_processes} consumer processes" if consumer_processes > 1 else ""
+    return f"bridge + example consumer{processes}"
+
+
+def consumer_flags(key: str, consumer_processes: int) -> list[str]:
+    if key == "bridge-fast":
+        return list(FAST_FLAGS)
+    return ["--processes", str(consumer_processes)] if consumer_processes > 1 else []
 
 
 # -- sending ------------------------------------------------------------------------------
@@ -362,7 +429,7 @@ def send(
     errors: list[str] = []
     before = receiver.count()
     pids = dict(receiver.pids)
-    if broker_pid is not None and receiver.key == "bridge":
+    if broker_pid is not None and receiver.broker:
         pids["broker"] = broker_pid
     cpu0 = {role: lib.tree_cpu_seconds(pid) for role, pid in pids.items()}
     client0 = children_cpu_seconds()
@@ -433,6 +500,182 @@ def send_large(receiver: Receiver, path: Path) -> Large:
     return Large(sample.elapsed, sample.stored, idle, peak, reset, sample.errors)
 
 
+# -- the floor: the broker round trip of a C-STORE envelope -------------------------------
+
+
+async def _round_trips(
+    queues: dict[str, str], body: bytes, headers: dict[str, Any], requests: int
+) -> dict[str, list[float]]:
+    """``requests`` sequential round trips of ``body`` per queue type (``queues``: type
+    -> queue name), after a warm-up, in blocks that alternate the queue types."""
+    latencies: dict[str, list[float]] = {kind: [] for kind in queues}
+    async with lib.RoundTrips() as trips:
+        for queue in queues.values():
+            for _ in range(FLOOR_WARM_UP):
+                await trips.once(queue, body, headers, kind="c-store")
+        order = list(queues)
+        block = 0
+        while min(len(v) for v in latencies.values()) < requests:
+            for kind in order if block % 2 == 0 else order[::-1]:
+                for _ in range(min(FLOOR_BLOCK, requests - len(latencies[kind]))):
+                    latencies[kind].append(
+                        await trips.once(queues[kind], body, headers, kind="c-store")
+                    )
+            block += 1
+    return latencies
+
+
+def measure_floor(body: bytes, headers: dict[str, Any], requests: int) -> dict[str, Any]:
+    """The broker round trip of a C-STORE envelope ``body``: a bare aio-pika echo
+    consumer per queue type (a child process, ``--role echo-server``) answers
+    ``requests`` sequential requests published as the bridge publishes them."""
+    run = uuid.uuid4().hex[:8]
+    queues = {kind: f"bench-ingest-floor-{run}-{kind}" for kind in ("quorum", "classic")}
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        for kind, queue in queues.items():
+            command = [sys.executable, str(Path(__file__).resolve()), "--role", "echo-server"]
+            command += ["--queue", queue, "--queue-type", kind]
+            child = subprocess.Popen(
+                command, env=lib.quiet_env(), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+            )
+            children.append(child)
+            assert child.stdout is not None
+            if b"echo ready" not in child.stdout.readline():
+                raise RuntimeError(f"the {kind} echo consumer exited with {child.wait()}")
+        latencies = asyncio.run(_round_trips(queues, body, headers, requests))
+    finally:
+        lib.stop_processes(children)
+        lib.delete_broker_objects([], list(queues.values()))
+    return {
+        "body_bytes": len(body),
+        "requests": requests,
+        "warm_up": FLOOR_WARM_UP,
+        "block": FLOOR_BLOCK,
+        "round_trips": {
+            kind: {
+                "median_ms": round(lib.median(values) * 1000, 3),
+                "p90_ms": round(lib.percentile(values, 90) * 1000, 3),
+                "requests": len(values),
+            }
+            for kind, values in latencies.items()
+        },
+    }
+
+
+def floor_rows(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per bridge row: (a) one association can go no faster than the tuned pynetdicom
+    SCP's time per image plus the broker round trip through the row's queue type; (b) at
+    four associations, CPU ms per image over every process against the machine's cores
+    spread over the target rate."""
+    loads, floor = result["loads"], result.get("floor") or {}
+    trips = floor.get("round_trips") or {}
+    cores = result["machine"]["nproc"] or 1
+    budget = cores * 1000 / RATE_TARGETS[4]
+    tuned = loads.get("tuned", {}).get("1", {}).get("rate")
+    out: dict[str, dict[str, Any]] = {}
+    for key in BRIDGES:
+        kind = QUEUE_TYPE[key]
+        trip = trips.get(kind, {}).get("median_ms")
+        tuned_ms = 1000 / tuned if tuned else None
+        floor_ms = tuned_ms + trip if tuned_ms is not None and trip is not None else None
+        ceiling = 1000 / floor_ms if floor_ms else None
+        measured = loads.get(key, {}).get("1", {}).get("rate")
+        four = loads.get(key, {}).get("4", {})
+        per = four.get("cpu_ms_per_image") or {}
+        cpu = (
+            sum(v for v in per.values() if v is not None)
+            if per and not four.get("failed")
+            else None
+        )
+        out[key] = {
+            "queue_type": kind,
+            "tuned_ms_per_image": None if tuned_ms is None else round(tuned_ms, 3),
+            "round_trip_ms": trip,
+            "floor_ms_per_image": None if floor_ms is None else round(floor_ms, 3),
+            "ceiling_per_s": None if ceiling is None else round(ceiling, 1),
+            "measured_per_s": measured,
+            "target_per_s": RATE_TARGETS[1],
+            "measured_over_ceiling": round(measured / ceiling, 3) if measured and ceiling else None,
+            "cpu_ms_per_image_4": None if cpu is None else round(cpu, 3),
+            "cpu_ms_per_image_4_storescu": per.get("storescu") if cpu is not None else None,
+            "cpu_budget_ms_per_image_4": round(budget, 3),
+            "cpu_ceiling_per_s_4": round(cores * 1000 / cpu, 1) if cpu else None,
+            "measured_per_s_4": four.get("rate"),
+        }
+    return out
+
+
+# -- envelope size and build cost -----------------------------------------------------------
+
+
+def measure_envelopes(blocks: int = ENVELOPE_BLOCKS, block: int = ENVELOPE_BLOCK) -> dict[str, Any]:
+    """For each of :data:`ENVELOPE_FILES`, the C-STORE envelope built two ways by the
+    bridge's code (:class:`benchlib.StoreEnvelope`): large values as references into the
+    Part 10 file, or as base64 copies in ``dataset``. Body size, CPU per build
+    (``time.process_time`` over ``blocks`` x ``block`` builds per way after a warm-up,
+    the ways alternating block by block), and CPU per ``orjson.loads`` of the body (the
+    consumer's first step)."""
+    import orjson
+    from pydicom.data import get_testdata_file
+
+    out: dict[str, Any] = {
+        "builds_per_way": blocks * block,
+        "loads_per_way": blocks * block * LOADS_PER_BUILD,
+        "reference_min": None,
+        "instances": {},
+    }
+    from bridge.scp import received
+
+    out["reference_min"] = received.REFERENCE_MIN
+    for name in ENVELOPE_FILES:
+        found = get_testdata_file(name, download=False)
+        if found is None:
+            out["instances"][name] = {"skipped": "not among this pydicom's test files"}
+            continue
+        maker = lib.StoreEnvelope(Path(str(found)))
+        bodies = {way: maker.build(references=way == "references") for way in ENVELOPE_WAYS}
+        documents = {way: orjson.loads(body) for way, body in bodies.items()}
+        for way in ENVELOPE_WAYS:  # warm-up
+            for _ in range(block):
+                maker.build(references=way == "references")
+                orjson.loads(bodies[way])
+        build_s = dict.fromkeys(ENVELOPE_WAYS, 0.0)
+        loads_s = dict.fromkeys(ENVELOPE_WAYS, 0.0)
+        for n in range(blocks):
+            for way in ENVELOPE_WAYS if n % 2 == 0 else ENVELOPE_WAYS[::-1]:
+                references = way == "references"
+                t0 = time.process_time()
+                for _ in range(block):
+                    maker.build(references=references)
+                build_s[way] += time.process_time() - t0
+            for way in ENVELOPE_WAYS if n % 2 == 0 else ENVELOPE_WAYS[::-1]:
+                body = bodies[way]
+                t0 = time.process_time()
+                for _ in range(block * LOADS_PER_BUILD):
+                    orjson.loads(body)
+                loads_s[way] += time.process_time() - t0
+        part10 = documents["references"]["part10"]
+        out["instances"][name] = {
+            "file_bytes": maker.file_bytes,
+            "transfer_syntax": maker.meta.transfer_syntax,
+            "part10_base64_bytes": len(part10.get("InlineBinary", "")),
+            "ways": {
+                way: {
+                    "body_bytes": len(bodies[way]),
+                    "references": bodies[way].count(b'"BulkDataURI":"?offset='),
+                    "inline_binary_values": bodies[way].count(b'"InlineBinary"'),
+                    "build_cpu_us": round(build_s[way] * 1e6 / (blocks * block), 1),
+                    "loads_cpu_us": round(
+                        loads_s[way] * 1e6 / (blocks * block * LOADS_PER_BUILD), 2
+                    ),
+                }
+                for way in ENVELOPE_WAYS
+            },
+        }
+    return out
+
+
 # -- the run ------------------------------------------------------------------------------
 
 
@@ -458,7 +701,17 @@ def start_receivers(
         "storescp": lambda: start_storescp(tmp, started),
         "orthanc": lambda: start_orthanc(tmp, started),
         "tuned": lambda: start_tuned(tmp, started),
-        "bridge": lambda: start_bridge(tmp, started, sizes.consumer_processes),
+        **{
+            key: functools.partial(
+                start_bridge,
+                tmp,
+                started,
+                key,
+                consumer_flags(key, sizes.consumer_processes),
+                bridge_label(key, sizes.consumer_processes),
+            )
+            for key in BRIDGES
+        },
     }
     for key, start in starters.items():
         try:
@@ -502,6 +755,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     samples: dict[str, dict[int, list[Sample]]] = {k: {n: [] for n in LOADS} for k in KEYS}
     large: dict[str, Large] = {}
     broker_pid = lib.find_broker_pid()
+    log("envelopes: size and build cost, in this process")
+    envelopes = measure_envelopes()
     with tempfile.TemporaryDirectory(prefix="dicom-bridge-ingest-") as scratch:
         tmp = Path(scratch)
         try:
@@ -534,6 +789,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"large, {key}: {large_bytes / 1e6 / done.elapsed:.1f} MB/s{state}")
         finally:
             stop_all(started)
+    log(f"the floor: {FLOOR_REQUESTS} broker round trips of a CT_small envelope per queue type")
+    envelope = lib.StoreEnvelope(lib.ct_small_path()).envelope(references=True)
+    try:
+        floor = measure_floor(envelope.to_json(), envelope.headers(), FLOOR_REQUESTS)
+    except Exception as exc:
+        floor = {"failed": f"{type(exc).__name__}: {exc}"}
+        log(f"the floor was not measured: {floor['failed']}")
     result = {
         "started": began.isoformat(timespec="seconds"),
         "quick": args.quick,
@@ -552,7 +814,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         },
         "loads": summarise(samples, sizes, failed),
         "large": summarise_large(large, large_bytes, failed),
+        "floor": floor,
+        "envelopes": envelopes,
     }
+    result["floor"]["rows"] = floor_rows(result)
     result["targets"] = targets(result)
     result["duration_s"] = round(time.perf_counter() - t0, 1)
     return result
@@ -643,21 +908,22 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
 
-    for load, wanted in ((1, 150), (4, 250)):
-        name = f"bridge images/s, {load} association(s)"
-        check(name, rate("bridge", load), wanted, "/s", most=False)
-    for load, wanted in ((1, 10), (4, 5)):
-        name = f"bridge / Orthanc, {load} association(s)"
-        check(name, ratio(rate("bridge", load), rate("orthanc", load)), wanted, "x", most=False)
-    for load in LOADS:
-        name = f"bridge / tuned pynetdicom, {load} association(s)"
-        check(name, ratio(rate("bridge", load), rate("tuned", load)), 0.7, "x", most=False)
-    bridge = result["large"].get("bridge")
-    for role, name in (("receiver", "bridge"), ("consumer", "consumer")):
-        value = None
-        if bridge is not None and not bridge["failed"]:
-            value = bridge["processes"][role]["peak_over_size"]
-        check(f"large instance: {name} peak RSS / size", value, 0.5, "x", most=True)
+    for key in BRIDGES:
+        for load, wanted in RATE_TARGETS.items():
+            name = f"{key} images/s, {load} association(s)"
+            check(name, rate(key, load), wanted, "/s", most=False)
+        for load, wanted in ((1, 10.0), (4, 5.0)):
+            name = f"{key} / Orthanc, {load} association(s)"
+            check(name, ratio(rate(key, load), rate("orthanc", load)), wanted, "x", most=False)
+        for load in LOADS:
+            name = f"{key} / tuned pynetdicom, {load} association(s)"
+            check(name, ratio(rate(key, load), rate("tuned", load)), 0.7, "x", most=False)
+        large = result["large"].get(key)
+        for role, name in (("receiver", "bridge"), ("consumer", "consumer")):
+            value = None
+            if large is not None and not large["failed"]:
+                value = large["processes"][role]["peak_over_size"]
+            check(f"{key} large instance: {name} peak RSS / size", value, 0.5, "x", most=True)
     return out
 
 
@@ -692,6 +958,177 @@ def machine() -> dict[str, Any]:
 
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _times(value: float | None, base: float | None) -> str:
+    return f" ({value / base:.2f}x)" if value is not None and base else ""
+
+
+def floor_tables(result: dict[str, Any]) -> list[str]:
+    floor = result.get("floor") or {}
+    if floor.get("failed"):
+        return ["", f"Floor: **not measured**: {floor['failed']}"]
+    cores = result["machine"]["nproc"]
+    lines = [
+        "",
+        f"Floor, measured in this run: the broker round trip of a C-STORE envelope of "
+        f"CT_small ({floor['body_bytes']:,} bytes, built by the bridge's code), published "
+        "confirmed and mandatory with the bridge's message properties and answered at once "
+        "by a bare aio-pika consumer (a child process); "
+        f"{floor['requests']} sequential requests per queue type after {floor['warm_up']} "
+        f"of warm-up, in blocks of {floor['block']} alternating the queue types.",
+        "",
+        "| queue | median ms | p90 ms | requests |",
+        "|---|--:|--:|--:|",
+    ]
+    for kind, trip in floor["round_trips"].items():
+        lines.append(f"| {kind} | {_fmt(trip['median_ms'], 2)} | {_fmt(trip['p90_ms'], 2)} "
+                     f"| {trip['requests']} |")  # fmt: skip
+    rows = floor.get("rows") or {}
+    labels = {key: result["receivers"].get(key, {}).get("label", key) for key in BRIDGES}
+    lines += [
+        "",
+        "One association: no faster than the tuned pynetdicom SCP (it receives the same "
+        "images and writes them, in this run) plus one broker round trip (median, the row's "
+        "queue type) per image.",
+        "",
+        "| row | tuned ms/image | + round trip ms | = floor ms/image | ceiling images/s "
+        "| measured images/s | measured / ceiling | target images/s |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for key, row in rows.items():
+        ratio = row["measured_over_ceiling"]
+        lines.append(
+            f"| {labels[key]} | {_fmt(row['tuned_ms_per_image'], 2)} "
+            f"| {_fmt(row['round_trip_ms'], 2)} ({row['queue_type']}) "
+            f"| {_fmt(row['floor_ms_per_image'], 2)} | {_fmt(row['ceiling_per_s'])} "
+            f"| {_fmt(row['measured_per_s'])} | {_fmt(ratio, 2)} | {row['target_per_s']:g} |"
+        )
+    budget = next(iter(rows.values()))["cpu_budget_ms_per_image_4"] if rows else None
+    lines += [
+        "",
+        f"Four associations: CPU ms per image summed over every process (storescu, bridge, "
+        f"consumer processes, RabbitMQ) against the budget of {cores} cores at "
+        f"{RATE_TARGETS[4]:g} images/s ({_fmt(budget, 1)} ms per image).",
+        "",
+        "| row | CPU ms/image, all | of which storescu | budget ms/image | CPU ceiling "
+        "images/s | measured images/s | target images/s |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for key, row in rows.items():
+        lines.append(
+            f"| {labels[key]} | {_fmt(row['cpu_ms_per_image_4'], 2)} "
+            f"| {_fmt(row['cpu_ms_per_image_4_storescu'], 2)} "
+            f"| {_fmt(row['cpu_budget_ms_per_image_4'], 1)} "
+            f"| {_fmt(row['cpu_ceiling_per_s_4'])} | {_fmt(row['measured_per_s_4'])} "
+            f"| {RATE_TARGETS[4]:g} |"
+        )
+    return lines
+
+
+def floor_lines(result: dict[str, Any]) -> list[str]:
+    """Under the targets: what the floor says about the rate targets."""
+    floor = result.get("floor") or {}
+    rows = floor.get("rows") or {}
+    if floor.get("failed") or not rows:
+        return []
+    one = []
+    for key, row in rows.items():
+        ceiling = row["ceiling_per_s"]
+        if ceiling is None:
+            one.append(f"{key}: not known (a rate is missing)")
+            continue
+        verdict = (
+            "above the target"
+            if ceiling >= row["target_per_s"]
+            else "**below the target**: no bridge built on this receive path and broker "
+            "round trip reaches it"
+        )
+        measured = row["measured_per_s"]
+        reached = (
+            f"{measured:.0f}/s measured, {row['measured_over_ceiling']:.0%} of it"
+            if (measured and row["measured_over_ceiling"])
+            else "no rate measured"
+        )
+        one.append(
+            f"{key}: at most {ceiling:.0f}/s ({row['tuned_ms_per_image']:.2f} ms tuned "
+            f"pynetdicom + {row['round_trip_ms']:.2f} ms {row['queue_type']} round trip), "
+            f"{verdict}; {reached}"
+        )
+    four = []
+    for key, row in rows.items():
+        cpu, budget = row["cpu_ms_per_image_4"], row["cpu_budget_ms_per_image_4"]
+        if cpu is None:
+            four.append(f"{key}: not measured")
+            continue
+        fits = "fits" if cpu <= budget else "**does not fit**"
+        four.append(f"{key}: {cpu:.2f} ms per image ({fits}; the CPU alone allows "
+                    f"{row['cpu_ceiling_per_s_4']:.0f}/s)")  # fmt: skip
+    budget = next(iter(rows.values()))["cpu_budget_ms_per_image_4"]
+    return [
+        "",
+        f"Floor, 1 association, against {RATE_TARGETS[1]:g}/s: " + "; ".join(one) + ".",
+        f"CPU, 4 associations, against {RATE_TARGETS[4]:g}/s = {budget:.1f} ms per image on "
+        f"{result['machine']['nproc']} cores (every process counted): " + "; ".join(four) + ".",
+        "Rows: bridge = the example consumer as shipped (quorum queue"
+        + (
+            f", --processes {result['sizes']['consumer_processes']}"
+            if result["sizes"]["consumer_processes"] > 1
+            else ", one process"
+        )
+        + f"); bridge-fast = example consumer {' '.join(FAST_FLAGS)}.",
+    ]
+
+
+def envelope_table(envelopes: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "Envelopes, built in this process by the bridge's code (C-STORE, the Part 10 file "
+        f"inline as base64): values over {envelopes['reference_min']:,} bytes as references "
+        "into the Part 10 file (what the bridge sends) or as base64 copies in `dataset`. CPU "
+        f"per build over {envelopes['builds_per_way']} builds per way and per `orjson.loads` "
+        f"of the body over {envelopes['loads_per_way']}, after a warm-up, the ways "
+        "alternating in blocks; (x): against references.",
+        "",
+        "| instance | file KiB | values in `dataset` | body KiB | of which part10 KiB "
+        "| references | build CPU µs | orjson.loads CPU µs |",
+        "|---|--:|---|--:|--:|--:|--:|--:|",
+    ]
+    for name, item in envelopes["instances"].items():
+        if "skipped" in item:
+            lines.append(f"| {name} | | skipped: {item['skipped']} | | | | | |")
+            continue
+        base = item["ways"]["references"]
+        for n, (way, w) in enumerate(item["ways"].items()):
+            head = (
+                f"| {name} ({item['transfer_syntax']}) | {item['file_bytes'] / 1024:.1f} "
+                if n == 0
+                else "| | "
+            )
+            first = way == "references"
+            lines.append(
+                head
+                + f"| {way} | {w['body_bytes'] / 1024:.1f}"
+                + ("" if first else _times(w["body_bytes"], base["body_bytes"]))
+                + f" | {item['part10_base64_bytes'] / 1024:.1f} | {w['references']} "
+                f"| {_fmt(w['build_cpu_us'], 0)}"
+                + ("" if first else _times(w["build_cpu_us"], base["build_cpu_us"]))
+                + f" | {_fmt(w['loads_cpu_us'], 1)}"
+                + ("" if first else _times(w["loads_cpu_us"], base["loads_cpu_us"]))
+                + " |"
+            )
+    same = [
+        name
+        for name, item in envelopes["instances"].items()
+        if "ways" in item and not any(w["references"] for w in item["ways"].values())
+    ]
+    if same:
+        lines += [
+            "",
+            f"{', '.join(same)}: no value longer than {envelopes['reference_min']:,} bytes, "
+            "nothing to reference: both ways build the same body.",
+        ]
+    return lines
 
 
 def tables(result: dict[str, Any]) -> str:
@@ -757,16 +1194,19 @@ def tables(result: dict[str, Any]) -> str:
         label = receivers.get(key, {}).get("label", key)
         speed = f"**failed**: {row['failed']}" if row["failed"] else _fmt(row["mb_per_s"])
         for n, (role, p) in enumerate(row["processes"].items()):
-            name = {"receiver": "bridge" if key == "bridge" else key}.get(role, role)
+            name = {"receiver": "bridge" if key in BRIDGES else key}.get(role, role)
             head = f"| {label} | {speed} | {_fmt(row['seconds'], 2)} " if n == 0 else "| | | "
             lines.append(
                 head + f"| {name} | {_fmt(p['idle_rss_mb'], 0)} | {_fmt(p['peak_rss_mb'], 0)} "
                 f"| {_fmt(p['peak_over_size'], 2)} | {_fmt(p['growth_over_size'], 2)} |"
             )
+    lines += floor_tables(result)
     lines += ["", "| target | measured | wanted | met |", "|---|--:|--:|:-:|"]
     for t in result["targets"]:
         met = "met" if t["met"] else "**not met**"
         lines.append(f"| {t['target']} | {_fmt(t['value'], 2)} | {t['threshold']} | {met} |")
+    lines += floor_lines(result)
+    lines += envelope_table(result["envelopes"])
     lines += ["", "Receivers:"]
     for key in KEYS:
         r = receivers.get(key)
@@ -794,6 +1234,25 @@ def sigterm_exits() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def envelopes_only(results_dir: Path) -> None:
+    began = datetime.now().astimezone()
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {
+        "started": began.isoformat(timespec="seconds"),
+        "envelopes_only": True,
+        "machine": machine(),
+        "envelopes": measure_envelopes(),
+        "duration_s": 0.0,
+    }
+    result["duration_s"] = round(time.perf_counter() - t0, 1)
+    stamp = result["started"][:19].replace(":", "").replace("-", "").replace("T", "-")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    json_path = results_dir / f"ingest-envelopes-{stamp}.json"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    print("\n".join(envelope_table(result["envelopes"])[1:]))
+    print(f"\nrun time {result['duration_s']:.0f} s; results: {json_path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 run, a 10 MB large instance")
@@ -808,15 +1267,28 @@ def main() -> None:
         default=1,
         help="the example consumer's --processes (only passed when above 1)",
     )
+    parser.add_argument(
+        "--envelopes-only",
+        action="store_true",
+        help="only the envelope table (size and build cost, in this process): seconds",
+    )
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
-    parser.add_argument("--role", choices=["tuned-scp"], help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=["tuned-scp", "echo-server"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--write-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--queue", help=argparse.SUPPRESS)
+    parser.add_argument("--queue-type", choices=["quorum", "classic"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "tuned-scp":
         lib.run_stock_scp(
             args.port, tuned=True, write_dir=args.write_dir, storage_contexts=True, keep_bytes=True
         )
+        return
+    if args.role == "echo-server":
+        asyncio.run(lib.echo_server(args.queue, args.queue_type))  # SIGTERM ends it
+        return
+    if args.envelopes_only:
+        envelopes_only(args.results_dir)
         return
     if args.images < 1:
         parser.error("--images must be at least 1")

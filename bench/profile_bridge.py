@@ -525,74 +525,17 @@ def large_memory(megabytes: float, out_dir: Path) -> str:
     return report
 
 
-async def _echo_server(queue: str, queue_type: str) -> None:
-    """A bare aio-pika consumer that answers every message at once (no SDK)."""
-    import asyncio
-
-    import aio_pika
-    from aio_pika.abc import AbstractIncomingMessage
-
-    connection = await aio_pika.connect(lib.AMQP_URL)
-    channel = await connection.channel()
-    await channel.set_qos(prefetch_count=32)
-    replies = await connection.channel(publisher_confirms=True)
-    arguments: dict[str, Any] = {"x-queue-type": queue_type}
-    source = await channel.declare_queue(queue, durable=True, arguments=arguments)
-
-    async def answer(message: AbstractIncomingMessage) -> None:
-        reply = aio_pika.Message(b'{"status":0}', correlation_id=message.correlation_id)
-        await replies.default_exchange.publish(reply, message.reply_to or "")
-        await message.ack()
-
-    await source.consume(answer)
-    print("echo ready", flush=True)
-    await asyncio.Event().wait()
-
-
 async def _rpc_latencies(route: str, exchange: str, count: int) -> list[float]:
-    """``count`` sequential round trips as the bridge makes them: a confirmed, mandatory
-    publish of an N-EVENT-REPORT envelope, the reply read on another connection."""
-    import asyncio
-
-    import aio_pika
-    from aio_pika.abc import AbstractIncomingMessage
-
-    publishing = await aio_pika.connect(lib.AMQP_URL)
-    consuming = await aio_pika.connect(lib.AMQP_URL)
-    waiting: dict[str, asyncio.Future[None]] = {}
+    """``count`` sequential round trips as the bridge makes them
+    (:class:`benchlib.RoundTrips`) of an N-EVENT-REPORT envelope."""
+    deadline = lib.utc_deadline(600)
     latencies: list[float] = []
-    try:
-        channel = await publishing.channel(publisher_confirms=True)
-        target = await channel.get_exchange(exchange) if exchange else channel.default_exchange
-        reply_channel = await consuming.channel()
-        replies = await reply_channel.declare_queue("", exclusive=True, auto_delete=True)
-
-        async def on_reply(message: AbstractIncomingMessage) -> None:
-            future = waiting.pop(message.correlation_id or "", None)
-            if future is not None and not future.done():
-                future.set_result(None)
-
-        await replies.consume(on_reply, no_ack=True)
-        deadline = lib.utc_deadline(600)
+    async with lib.RoundTrips(exchange) as trips:
         for n in range(count):
             request_id, body, headers = lib.sdk_envelope(n + 1, deadline)
-            message = aio_pika.Message(
-                body,
-                correlation_id=request_id,
-                reply_to=replies.name,
-                headers=headers,
-                content_type="application/json",
-                expiration=60,
+            latencies.append(
+                await trips.once(route, body, headers, kind="n-event-report", request_id=request_id)
             )
-            future = asyncio.get_running_loop().create_future()
-            waiting[request_id] = future
-            started = time.perf_counter()
-            await target.publish(message, route, mandatory=True)
-            await asyncio.wait_for(future, 10)
-            latencies.append(time.perf_counter() - started)
-    finally:
-        await publishing.close()
-        await consuming.close()
     return latencies
 
 
@@ -667,7 +610,7 @@ def main() -> None:
     if args.role == "echo-server":
         import asyncio
 
-        asyncio.run(_echo_server(args.queue, args.queue_type))
+        asyncio.run(lib.echo_server(args.queue, args.queue_type))
         return
     if args.role == "timing-consumer":
         lib.run_timing_consumer(args.exchange, args.queue, args.log, args.queue_type)
