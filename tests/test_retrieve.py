@@ -349,19 +349,24 @@ def test_c_store_large_values_travel_by_claim_check(
     bulk = tmp_path / "bulk"
     harness = make_bridge(bulk_dir=str(bulk), bulk_threshold=1024)
     harness.wait_ready()
-    seen: list[tuple[dict[str, Any], bytes]] = []
+    seen: list[tuple[dict[str, Any], dict[str, Any], bytes]] = []
 
     def store(request: Request) -> int:
         assert request.dataset is not None
-        seen.append((request.envelope["dataset"]["7FE00010"], request.dataset.PixelData))
+        envelope = request.envelope
+        seen.append(
+            (envelope["part10"], envelope["dataset"]["7FE00010"], request.dataset.PixelData)
+        )
         return 0
 
     make_consumer(store, (Service.C_STORE,))
     original = dcmread(_file("CT_small.dcm"))
     with association(harness.port, [CTImageStorage]) as assoc:
         assert assoc.send_c_store(original).Status == 0
-    ((pixel_json, pixels),) = seen
-    assert pixel_json["BulkDataURI"].startswith("file://")
+    ((part10_json, pixel_json, pixels),) = seen
+    # The received file is in the store; the pixel data's JSON refers into it.
+    assert part10_json["BulkDataURI"].startswith("file://")
+    assert pixel_json["BulkDataURI"].startswith("?offset=")
     assert pixels == original.PixelData
     # (the bridge's .receiving directory is in there too)
     assert not [p for p in bulk.iterdir() if p.is_file()], "claim-check file not deleted"
