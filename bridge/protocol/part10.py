@@ -19,7 +19,7 @@ import base64
 import binascii
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -27,6 +27,10 @@ from bridge.errors import CodecError
 
 PREAMBLE: Final = bytes(128) + b"DICM"
 """The 132 bytes every Part 10 file starts with (a zero preamble, as DCMTK writes it)."""
+HEAD: Final = 16384
+"""Bytes :func:`read_file_meta` reads first: File Meta Information is rarely over 1 KB."""
+MAX_HEAD: Final = 1 << 20
+"""Bytes :func:`read_file_meta` reads at most before it gives up on a File Meta group."""
 
 _EXPLICIT_LONG: Final = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC",
                                    b"UN", b"UR", b"UT", b"SV", b"UV"})  # fmt: skip
@@ -138,6 +142,33 @@ def read_meta(data: bytes | bytearray | memoryview) -> FileMeta:
         dataset_offset=position,
         source_ae=text(0x0016, "Source AE Title", required=False) or None,
     )
+
+
+def read_file_meta(read: Callable[[int], bytes], size: int) -> FileMeta:
+    """The File Meta Information of a Part 10 file of ``size`` bytes that ``read(n)`` (a
+    binary file's ``read``, at its start) returns the next bytes of, reading only its
+    first bytes: :data:`HEAD`, more only while the group reaches past them. Raises
+    CodecError as :func:`read_meta` does, also when the group goes on past
+    :data:`MAX_HEAD` bytes."""
+    head = read(HEAD)
+    while True:
+        whole = len(head) >= size
+        try:
+            meta = read_meta(head)
+        except CodecError:
+            if whole or head[128:132] != b"DICM":
+                raise
+            meta = None  # an element reaches past what was read
+        # read_meta stops at the first tag past group 0002 or at the end of what it was
+        # given: the group is whole when a data set element's header follows it.
+        if meta is not None and (whole or meta.dataset_offset + 8 <= len(head)):
+            return meta
+        if len(head) >= MAX_HEAD:
+            raise CodecError("File Meta Information longer than 1 MiB")
+        more = read(len(head))
+        if not more:
+            size = len(head)  # the file is shorter than it was
+        head += more
 
 
 # -- the JSON form ------------------------------------------------------------------------
