@@ -49,6 +49,12 @@ class BulkStore(Protocol):
         """The bytes behind ``uri``. Raises CodecError when it is unknown or unreadable."""
         ...
 
+    def local_path(self, uri: str) -> Path:
+        """The local file behind ``uri``, for a reader that needs a path (pynetdicom
+        sends a file's data set from its path). Raises CodecError when ``uri`` is not one
+        of this store's; the file may still be missing."""
+        ...
+
     def delete(self, uri: str) -> None:
         """Forget ``uri``; a missing one is not an error."""
         ...
@@ -136,10 +142,18 @@ class DirectoryStore:
         return target.as_uri()
 
     def get(self, uri: str) -> bytes:
+        path = self.local_path(uri)
+        try:
+            return path.read_bytes()
+        except OSError:
+            raise CodecError("BulkDataURI cannot be read") from None
+
+    def local_path(self, uri: str) -> Path:
         # Only files of this store: a reply must not make the bridge read /etc/shadow.
-        if path_of(uri).parent != self.root:
+        path = path_of(uri)
+        if path.parent != self.root or path.name.startswith("."):
             raise CodecError("BulkDataURI is outside the bulk data directory")
-        return read_uri(uri)
+        return path
 
     def delete(self, uri: str) -> None:
         try:
