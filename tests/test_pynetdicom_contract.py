@@ -35,7 +35,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event
 from pynetdicom.fsm import StateMachine
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.service_class import QueryRetrieveServiceClass, StorageServiceClass
 from pynetdicom.timer import Timer
 from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler
 
@@ -48,7 +48,10 @@ SOCKETS = "bridge._pynetdicom.sockets (bridge.scp.guard, bridge.scp.netopt, the 
 CALLING = "bridge._pynetdicom.calling (bridge.scp.guard)"
 CONTEXTS = "bridge._pynetdicom.contexts (bridge.scp.server)"
 LOGHANDLERS = "bridge._pynetdicom.loghandlers (bridge.scp.server)"
-SEND = "bridge._pynetdicom.send (bridge.scu.pool, bridge.scu.perform)"
+SEND = (
+    "bridge._pynetdicom.send (bridge.scu.pool, bridge.scu.perform, bridge.scp.sending, "
+    "bridge.scp.streams)"
+)
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -216,6 +219,30 @@ SOURCES: dict[str, Source] = {
         LOGHANDLERS,
         "binds the standard log handlers only when _config.LOG_HANDLER_LEVEL is 'standard'",
     ),
+    "QueryRetrieveServiceClass._get_scp": Source(
+        QueryRetrieveServiceClass._get_scp,
+        "8ca1538e3e56c4f7317f3d8bd0d0e009d596e9f3c57027db3128ec7e728e46a6",
+        SEND,
+        "takes a Pending (status, dataset) only with a non-empty Dataset, strips bulk data "
+        "only on Composite Instance Retrieve Without Bulk Data, passes the Dataset to "
+        "self.assoc.send_c_store(dataset, msg_id=...) and lists its SOPInstanceUID when "
+        "that fails",
+    ),
+    "QueryRetrieveServiceClass._move_scp": Source(
+        QueryRetrieveServiceClass._move_scp,
+        "5c14d1be3d737befcc148893bcd529a03695e82f8f943f19b640ff4f32382742",
+        SEND,
+        "associates with self.ae.associate(addr, port, ae_title=..., **the handler's kwargs) "
+        "(evt_handlers among them) and passes a Pending Dataset to that association's "
+        "send_c_store(dataset, msg_id=..., originator_aet=..., originator_id=...)",
+    ),
+    "AssociationSocket.connect": Source(
+        AssociationSocket.connect,
+        "aeeeae413bd339dcc18230a6c0926993a824fd6ec31479febfbe21734911482f",
+        SEND,
+        "triggers EVT_CONN_OPEN once connected, before the association is negotiated: the "
+        "association to a C-MOVE destination is routed before AE.associate returns it",
+    ),
 }
 
 
@@ -371,6 +398,16 @@ INTERNALS: dict[str, Internal] = {
     "C_STORE._dataset_path": _typed(type(None), RECEIVE, lambda _: C_STORE()._dataset_path),
     # the log handlers
     "_config.LOG_HANDLER_LEVEL": _typed(str, LOGHANDLERS, lambda _: _config.LOG_HANDLER_LEVEL),
+    # files sent as they are
+    "_config.STORE_SEND_CHUNKED_DATASET": _typed(
+        bool, SEND, lambda _: _config.STORE_SEND_CHUNKED_DATASET
+    ),
+    "Association.send_c_store: a method an instance attribute shadows": Internal(
+        lambda s: (vars(Association).get("send_c_store"), "send_c_store" in vars(s.assoc)),
+        "a plain function of the class, no instance attribute of that name",
+        lambda v: inspect.isfunction(v[0]) and not v[1],
+        SEND,
+    ),
 }
 
 

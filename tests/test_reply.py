@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
 from bridge.errors import ReplyError
+from bridge.protocol import part10
 from bridge.protocol.model import SPECS, Category, Service
 from bridge.protocol.reply import build_reply, parse_reply, reply_to_dimse
 from tests.schemas import REPLY
@@ -29,6 +30,31 @@ contexts = st.lists(
     ),
     max_size=2,
 )
+_FILE = (
+    part10.header(
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+        sop_instance_uid="1.2.3.4",
+        transfer_syntax="1.2.840.10008.1.2.1",
+        implementation_class_uid="1.2.3",
+    )
+    + bytes.fromhex("08001600" + "5549" + "0200")
+    + b"1\0"
+)
+_OFFSET = part10.read_meta(_FILE).dataset_offset
+part10_documents = st.one_of(
+    st.just(part10.inline_json(_FILE, _OFFSET)),
+    st.just(part10.uri_json("file:///bulk/x", 200, 150)),
+    st.fixed_dictionaries(
+        {"length": st.integers(0, 300), "dataset_offset": st.integers(0, 300)},
+        optional={
+            "InlineBinary": st.sampled_from(
+                ["", "AAAA", "!", part10.inline_json(_FILE, 0)["InlineBinary"]]
+            ),
+            "BulkDataURI": st.sampled_from(["", "file:///x", "http://x/y"]),
+            "other": st.just(1),
+        },
+    ),
+)
 values: Any = st.one_of(
     st.none(),
     st.booleans(),
@@ -38,6 +64,7 @@ values: Any = st.one_of(
     uids,
     destinations,
     contexts,
+    part10_documents,
 )
 replies = st.dictionaries(
     st.sampled_from(
@@ -54,6 +81,7 @@ replies = st.dictionaries(
             "transfer_syntax_uid",
             "destination",
             "presentation_contexts",
+            "part10",
             "x-trace",
             "unknown",
         ]
@@ -67,7 +95,9 @@ replies = st.dictionaries(
 @settings(max_examples=400, deadline=None)
 @given(
     document=replies,
-    service=st.sampled_from([Service.N_GET, Service.N_CREATE, Service.C_MOVE, Service.C_FIND]),
+    service=st.sampled_from(
+        [Service.N_GET, Service.N_CREATE, Service.C_MOVE, Service.C_GET, Service.C_FIND]
+    ),
 )
 def test_parser_never_accepts_what_the_schema_refuses(
     document: dict[str, Any], service: Service
@@ -164,3 +194,79 @@ def test_build_reply_round_trips_through_parse() -> None:
     REPLY.validate(orjson.loads(body))
     reply = parse_reply(body, SPECS[Service.N_SET])
     assert reply.elements == {"ErrorComment": "ok"}
+
+
+# -- part10: a C-GET or C-MOVE instance as a Part 10 file ---------------------------------
+
+
+def test_part10_instance_reply_is_parsed() -> None:
+    documents: list[dict[str, Any]] = [
+        part10.inline_json(_FILE, _OFFSET),
+        part10.uri_json("file:///bulk/abc", 4096, 300),
+    ]
+    refs = []
+    for service, document in zip((Service.C_GET, Service.C_MOVE), documents, strict=True):
+        body = {"status": 0xFF00, "part10": document}
+        REPLY.validate(body)
+        reply = parse_reply(orjson.dumps(body), SPECS[service])
+        assert reply.dataset is None
+        assert reply.part10 is not None
+        assert (reply.part10.length, reply.part10.dataset_offset) == (
+            document["length"],
+            document["dataset_offset"],
+        )
+        refs.append(reply.part10)
+    assert (refs[0].data, refs[0].uri) == (_FILE, None)
+    assert (refs[1].data, refs[1].uri) == (None, "file:///bulk/abc")
+    first = parse_reply(b'{"status": 65280, "sub_operations": 1}', SPECS[Service.C_GET])
+    assert first.part10 is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "message"),
+    [
+        ({"dataset": {}}, 0xFF00, "both dataset and part10"),
+        ({"transfer_syntax_uid": "1.2.840.10008.1.2"}, 0xFF00, "transfer_syntax_uid goes with"),
+        ({}, 0x0000, "only in a Pending reply"),
+    ],
+    ids=["with-dataset", "with-transfer-syntax", "final"],
+)
+def test_part10_reply_combinations_refused(
+    extra: dict[str, Any], status: int, message: str
+) -> None:
+    document = {"status": status, "part10": part10.inline_json(_FILE, _OFFSET), **extra}
+    assert not REPLY.is_valid(document)
+    with pytest.raises(ReplyError, match=message):
+        parse_reply(orjson.dumps(document), SPECS[Service.C_GET])
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ("x", "part10 is not an object"),
+        ({"length": 200, "dataset_offset": 150}, "exactly one of"),
+        ({**part10.inline_json(_FILE, _OFFSET), "BulkDataURI": "file:///x"}, "exactly one of"),
+        ({"length": 4, "dataset_offset": 150, "InlineBinary": "!!!!"}, "not valid base64"),
+        ({"length": 3, "dataset_offset": 132, "InlineBinary": "AAAA"}, "not a DICOM Part 10 file"),
+        ({**part10.inline_json(_FILE, _OFFSET), "length": 9}, "length does not match"),
+        ({**part10.inline_json(_FILE, _OFFSET), "dataset_offset": 140}, "dataset_offset is not"),
+        ({"dataset_offset": 150, "BulkDataURI": "file:///x"}, "needs length"),
+        ({"length": 100, "dataset_offset": 150, "BulkDataURI": "file:///x"}, "needs length"),
+        ({"length": 200, "dataset_offset": 150, "BulkDataURI": "http://x/y"}, "not a file://"),
+        ({**part10.uri_json("file:///x", 200, 150), "sha256": "00"}, "unknown field"),
+    ],
+    ids=[
+        "not-object", "neither", "both", "bad-base64", "not-part10", "length-mismatch",
+        "offset-mismatch", "no-length", "short-length", "not-file-uri", "unknown-field",
+    ],
+)  # fmt: skip
+def test_malformed_part10_is_refused(document: Any, message: str) -> None:
+    body = orjson.dumps({"status": 0xFF00, "part10": document})
+    with pytest.raises(ReplyError, match=message):
+        parse_reply(body, SPECS[Service.C_GET])
+
+
+def test_part10_only_for_c_get_and_c_move() -> None:
+    body = orjson.dumps({"status": 0xFF00, "part10": part10.inline_json(_FILE, _OFFSET)})
+    with pytest.raises(ReplyError, match="part10 not allowed for C-FIND"):
+        parse_reply(body, SPECS[Service.C_FIND])

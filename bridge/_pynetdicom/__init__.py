@@ -45,11 +45,21 @@ instead of polling every millisecond.
   If these change: data sets lost or read from the wrong place, files left in the receive
   directory, or the whole data set in memory again.
 
-:mod:`.send`: C-STORE data sets sent from Part 10 files as they are.
+:mod:`.send` (``bridge.scp.sending``, ``bridge.scp.streams``): C-STORE data sets sent
+from Part 10 files as they are.
   Sets ``_config.STORE_SEND_CHUNKED_DATASET``, which ``Association.send_c_store`` reads
   for a path: the file's data set bytes are sent unchanged, on a context with the file's
-  transfer syntax (ValueError when none was accepted).
-  If these change: stored files decoded and re-encoded on the way out again.
+  transfer syntax (ValueError when none was accepted). Shadows ``send_c_store`` of an
+  association with an instance attribute, relying on
+  ``QueryRetrieveServiceClass._get_scp`` and ``_move_scp`` passing the Dataset a C-GET or
+  C-MOVE handler yields (non-empty, else not sent) to the ``send_c_store`` of the
+  association they send on, looked up on the instance: the peer's for C-GET, and for
+  C-MOVE the one ``self.ae.associate`` makes with the handler's keyword arguments, whose
+  ``evt_handlers`` get ``EVT_CONN_OPEN`` from ``AssociationSocket.connect`` before
+  ``associate`` returns.
+  If these change: stored files decoded and re-encoded on the way out again, or a C-GET or
+  C-MOVE whose file instances all fail (a stand-in Dataset without ``file_meta`` reaching
+  pynetdicom's own ``send_c_store``).
 
 :mod:`.sockets` (``bridge.scp.guard`` size limits, ``bridge.scp.netopt`` quick ACKs, the
 reactor's ``select``): the association's socket.

@@ -2,7 +2,8 @@
 
 Started with ``dicom-bridge example-consumer``. It logs one line per request, keeps what
 it receives by C-STORE in ``--data-dir`` with an in-memory index (:mod:`bridge.example.qrindex`),
-answers C-FIND from that index and C-GET/C-MOVE with the stored files, and answers every
+answers C-FIND from that index and C-GET/C-MOVE with the stored files (paths: the SDK
+sends them as Part 10 files, and the bridge passes their bytes on), and answers every
 other service with Success. An N-CREATE without an Affected SOP Instance UID gets a fresh
 one, as PS3.7 10.1.5.1.4 requires of the SCP. The README's quick start uses it for
 store -> find -> get, docs/consumers.md for move.

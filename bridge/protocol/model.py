@@ -172,9 +172,9 @@ def _retrieve(
 
 
 # The first reply of a C-GET or C-MOVE announces the sub-operations (and for C-MOVE may
-# name the destination and the contexts to propose); each instance names its transfer
-# syntax.
-_GET_FIELDS = ("sub_operations", "transfer_syntax_uid")
+# name the destination and the contexts to propose); each instance is a dataset that names
+# its transfer syntax, or a Part 10 file sent as it is.
+_GET_FIELDS = ("sub_operations", "transfer_syntax_uid", "part10")
 _MOVE_FIELDS = (*_GET_FIELDS, "destination", "presentation_contexts")
 
 

@@ -17,7 +17,7 @@ import orjson
 from pydicom.dataset import Dataset
 
 from bridge.errors import CodecError, ReplyError
-from bridge.protocol import dicomjson
+from bridge.protocol import dicomjson, part10
 from bridge.protocol.model import ENVELOPE_VERSION, Category, Service, ServiceSpec
 from bridge.protocol.values import is_tag_text, is_uid, json_object
 
@@ -32,7 +32,14 @@ REPLY_ELEMENTS: dict[str, str] = {
     "affected_sop_instance_uid": "AffectedSOPInstanceUID",
 }
 KEYWORD_TO_REPLY_KEY = {keyword: key for key, keyword in REPLY_ELEMENTS.items()}
-STREAM_FIELDS = ("sub_operations", "transfer_syntax_uid", "destination", "presentation_contexts")
+STREAM_FIELDS = (
+    "sub_operations",
+    "transfer_syntax_uid",
+    "part10",
+    "destination",
+    "presentation_contexts",
+)
+_PART10_KEYS = frozenset({"length", "dataset_offset", "InlineBinary", "BulkDataURI"})
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,14 @@ class Reply:
     def final(self) -> bool:
         """False for a Pending reply: more replies follow."""
         return self.category is not Category.PENDING
+
+    @property
+    def part10(self) -> part10.Part10Ref | None:
+        """C-GET, C-MOVE: the instance as a Part 10 file to send as it is (instead of
+        ``dataset``); its ``length`` and ``dataset_offset`` are always set, and inline
+        bytes are a Part 10 file whose File Meta Information says that offset."""
+        ref: part10.Part10Ref | None = self.stream.get("part10")
+        return ref
 
 
 def _tag_list(value: Any, key: str) -> list[int]:
@@ -101,6 +116,8 @@ def _stream_field(key: str, value: Any) -> Any:
         ):
             raise ReplyError("destination must be {host, port}")
         return (host, port)
+    if key == "part10":
+        return _part10(value)
     if key == "presentation_contexts":
         if not isinstance(value, list) or not 0 < len(value) <= 128:
             raise ReplyError("presentation_contexts must be a list of 1..128 contexts")
@@ -117,6 +134,29 @@ def _stream_field(key: str, value: Any) -> Any:
             )
         return tuple(contexts)
     raise ReplyError(f"unknown reply field {key!r}")  # pragma: no cover - keys checked first
+
+
+def _part10(value: Any) -> part10.Part10Ref:
+    """A reply's ``part10`` (``schemas/reply.schema.json#/$defs/part10``): exactly one of
+    ``InlineBinary`` (valid base64 of a Part 10 file) and ``BulkDataURI`` (a ``file://``
+    URI), with ``length`` and ``dataset_offset`` (at least 132 each; inline, the bytes'
+    length and the offset their File Meta Information gives). The file behind a URI is
+    checked where it is read (``bridge.scp.streams``)."""
+    if isinstance(value, dict) and set(value) - _PART10_KEYS:
+        raise ReplyError("part10 has an unknown field")
+    try:
+        ref = part10.from_json(value)
+        meta = part10.read_meta(ref.data) if ref.data is not None else None
+    except CodecError as exc:
+        raise ReplyError(f"reply {exc.message}") from exc
+    for name, number in (("length", ref.length), ("dataset_offset", ref.dataset_offset)):
+        if number is None or number < len(part10.PREAMBLE):
+            raise ReplyError(f"part10 needs {name}, at least 132")
+    if ref.uri is not None and not ref.uri.startswith("file://"):
+        raise ReplyError("part10 BulkDataURI is not a file:// URI")
+    if meta is not None and meta.dataset_offset != ref.dataset_offset:
+        raise ReplyError("part10 dataset_offset is not where its File Meta Information ends")
+    return ref
 
 
 def parse_reply(body: bytes, spec: ServiceSpec) -> Reply:
@@ -159,6 +199,15 @@ def parse_reply(body: bytes, spec: ServiceSpec) -> Reply:
             raise ReplyError(f"{key} not allowed for {spec.service.dimse_name}")
         else:
             raise ReplyError(f"unknown reply field {key[:32]!r}")
+    if "part10" in stream:
+        # The file is the instance, and its File Meta Information names the transfer
+        # syntax: one source for each.
+        if category is not Category.PENDING:
+            raise ReplyError("part10 only in a Pending reply")
+        if dataset is not None:
+            raise ReplyError("reply has both dataset and part10")
+        if "transfer_syntax_uid" in stream:
+            raise ReplyError("transfer_syntax_uid goes with dataset, not with part10")
     return Reply(
         status=status, category=category, dataset=dataset, elements=elements, stream=stream
     )

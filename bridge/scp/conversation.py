@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+import orjson
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
 
 from bridge.errors import BrokerUnavailable, CodecError, Failure, ReplyError, ReplyTimeout
@@ -163,7 +164,7 @@ class Conversation:
         else:
             path = dataset_file.part10_path()
             assert path is not None
-            uri = self._store.put_file(path)
+            uri = self._store.put_file(path, owned=True)
             size = path.stat().st_size
         self._written.append(uri)
         return part10.uri_json(uri, size, offset)
@@ -228,7 +229,26 @@ class Conversation:
             self._metrics.received(len(body))
         if len(body) > self._limits.max_message_size:
             raise ReplyError(f"reply of {len(body)} bytes exceeds the max message size")
-        return parse_reply(body, self.service.spec)
+        try:
+            return parse_reply(body, self.service.spec)
+        except ReplyError:
+            self._drop_part10(body)
+            raise
+
+    def _drop_part10(self, body: bytes) -> None:
+        """Delete the claim-check file of a reply's ``part10`` that will not be sent on
+        (the reply is refused, or the stream ended before it was read): once the
+        consumer has replied, the file is the bridge's. Only files of the store."""
+        try:
+            document = orjson.loads(body)
+            uri = document["part10"]["BulkDataURI"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        if isinstance(uri, str):
+            try:
+                self._store.delete(uri)
+            except OSError as exc:
+                log.warning("claim-check file not deleted: %s", exc.strerror)
 
     def hand_over(self, publisher: EventPublisher) -> None:
         """Publish-only: publish (mandatory, persistent, confirmed) or spool the request;
@@ -323,6 +343,8 @@ class Conversation:
             except OSError as exc:
                 log.warning("claim-check file not deleted: %s", exc.strerror)
         self._written.clear()
+        while self._backlog:  # fetched, never read: a cancel or a failure ended the stream
+            self._drop_part10(self._backlog.popleft())
         self._span.close()
         if self._metrics is not None:
             self._metrics.duration.labels(self.service.value).observe(self.elapsed_ms() / 1000)

@@ -30,7 +30,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from bridge._pynetdicom import commandset, loghandlers, reactor
+from bridge._pynetdicom import commandset, loghandlers, reactor, send
 from bridge._pynetdicom.contexts import cheap_to_copy
 from bridge.config import CallingPolicy
 from bridge.errors import BridgeError, BrokerUnavailable, Failure
@@ -39,7 +39,7 @@ from bridge.protocol import sopclasses
 from bridge.protocol.envelope import AssociationInfo
 from bridge.protocol.model import Service
 from bridge.protocol.reply import reply_to_dimse, status_dataset
-from bridge.scp import netopt, received, streams
+from bridge.scp import netopt, received, sending, streams
 from bridge.scp.conversation import Conversation, Limits
 from bridge.scp.events import EventPublisher, association_event
 from bridge.scp.guard import RateLimiter, SocketGuard, guard_socket, install_calling_policy
@@ -203,11 +203,14 @@ class BridgeSCP:
             received.enable(self._ae, directory, self._settings.bulk_threshold)
             if swept := received.sweep(directory):
                 log.info("deleted %d data set files left in %s", swept, directory)
+        # C-GET and C-MOVE send the Part 10 files of part10 replies as they are.
+        send.send_files_as_they_are()
         handlers: list[evt.EventHandlerType] = [
             (event, self._handler(service)) for service, event in _EVENTS.items()
         ]
         handlers += [
             (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             (evt.EVT_DIMSE_RECV, self._on_dimse_received),
             (evt.EVT_ESTABLISHED, self._on_established),
@@ -266,6 +269,11 @@ class BridgeSCP:
         with self._lock:
             self._guards[event.assoc] = guard
             self._limiters[event.assoc] = RateLimiter(s.max_request_rate)
+
+    def _on_requested(self, event: Event) -> None:
+        # C-GET: the peer's preferred transfer syntax for what it retrieves, so that
+        # stored files in it are sent unchanged.
+        sending.prefer_peer_syntaxes(event.assoc)
 
     def _on_connection_closed(self, event: Event) -> None:
         received.discard_partial(event.assoc)  # a C-STORE data set cut off mid-transfer

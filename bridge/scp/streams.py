@@ -8,25 +8,31 @@ seconds, the peer gets Cancel (0xFE00) at once, consumers get a cancel notice, a
 replies are dropped as late.
 
 pynetdicom needs a C-GET's or C-MOVE's number of sub-operations before anything else, so
-a failure before any sub-operation is reported with 1 failed sub-operation.
+a failure before any sub-operation is reported with 1 failed sub-operation. An instance
+reply's dataset is decoded for pynetdicom to encode; a ``part10`` file is sent as it is
+(:mod:`bridge.scp.sending`). The claim-check files of an instance, and the file an inline
+``part10`` is written to, are deleted once its sub-operation is done, and when the stream
+ends before (a failure, a cancel, an aborted association).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
-from pynetdicom import StoragePresentationContexts, build_context
+from pynetdicom import StoragePresentationContexts, build_context, evt
 from pynetdicom.presentation import PresentationContext
 
 from bridge.config import AETable
-from bridge.errors import BridgeError, CodecError, Failure, ReplyError
-from bridge.protocol import dicomjson
+from bridge.errors import BridgeError, BrokerUnavailable, CodecError, Failure, ReplyError
+from bridge.protocol import dicomjson, part10
 from bridge.protocol.model import Category, Service
 from bridge.protocol.reply import Reply, status_dataset
+from bridge.scp import sending
 from bridge.scp.conversation import Conversation
 from bridge.transport.bulkstore import BulkStore
 
@@ -37,6 +43,9 @@ log = logging.getLogger(__name__)
 
 CANCEL = 0xFE00
 PENDING = 0xFF00
+WITHOUT_BULK_DATA = "1.2.840.10008.5.1.4.1.2.5.3"
+"""Composite Instance Retrieve Without Bulk Data - GET: pynetdicom removes the bulk data
+of the Datasets it sends, so a file is sent decoded."""
 
 Start = Callable[["Event", Service], Conversation]
 FindResult = tuple[Dataset | int, Dataset | None]
@@ -116,6 +125,7 @@ class _Retrieval:
         self.store = store
         self.announced = 0
         self.delivered = 0
+        self.without_bulk_data = event.context.abstract_syntax == WITHOUT_BULK_DATA
 
     def cancelled(self) -> bool:
         return bool(self.event.is_cancelled)
@@ -139,17 +149,35 @@ class _Retrieval:
             if reply.final:
                 yield from self._final(reply)
                 return
-            if reply.dataset is None:
-                raise ReplyError(f"a Pending {self.service.dimse_name} reply needs a dataset")
+            if reply.dataset is None and reply.part10 is None:
+                raise ReplyError(
+                    f"a Pending {self.service.dimse_name} reply needs a dataset or part10"
+                )
             if self.delivered >= self.announced:
+                self._release(reply.part10.uri if reply.part10 else None)
                 raise ReplyError("more instances than sub_operations announced")
             dataset, read = self._instance(reply)
             self.delivered += 1
-            yield PENDING, dataset
-            for uri in read:  # the sub-operation is done: the claim-check file is ours
+            try:
+                yield PENDING, dataset
+            finally:
+                # The sub-operation is done (or will never be): the claim-check files are
+                # ours, and so is the file an inline part10 went to.
+                self._release(*read)
+
+    def _release(self, *uris: str | None) -> None:
+        """Delete these files of the store (None: nothing); a failure is logged."""
+        for uri in uris:
+            if uri is None:
+                continue
+            try:
                 self.store.delete(uri)
+            except OSError as exc:
+                log.warning("claim-check file not deleted: %s", exc.strerror)
 
     def _instance(self, reply: Reply) -> tuple[Dataset, list[str]]:
+        if reply.part10 is not None:
+            return self._file(reply.part10)
         read: list[str] = []
 
         def fetch(uri: str) -> bytes:
@@ -163,6 +191,71 @@ class _Retrieval:
             reply.stream.get("transfer_syntax_uid", ExplicitVRLittleEndian)
         )
         return dataset, read
+
+    def _file(self, ref: part10.Part10Ref) -> tuple[Dataset, list[str]]:
+        """The instance of a ``part10`` reply, in a file of the claim-check store (an
+        inline one is written there first), and the URIs to delete after its
+        sub-operation. A data set of odd length (a deflated one may be) gets one
+        trailing zero byte, past the end of its last element or deflate stream: message
+        fragments have even lengths (PS3.8), and DCMTK refuses an odd one. Deletes what
+        it claimed when it raises."""
+        claimed: list[str] = []
+        try:
+            if ref.data is not None:
+                data = ref.data
+                meta = part10.read_meta(data)  # checked by parse_reply already
+                if (len(data) - meta.dataset_offset) % 2:
+                    data += b"\0"
+                claimed.append(self._put(lambda: self.store.put(data)))
+                path = self.store.local_path(claimed[0])
+            else:
+                assert ref.uri is not None
+                claimed.append(ref.uri)
+                path = self.store.local_path(ref.uri)
+                try:
+                    meta, size = sending.read_file_meta(path)
+                except OSError:
+                    raise ReplyError("part10 BulkDataURI cannot be read") from None
+                if size != ref.length or meta.dataset_offset != ref.dataset_offset:
+                    raise ReplyError("part10 file differs from its length or dataset_offset")
+                if (size - meta.dataset_offset) % 2:
+                    # A copy: the file may be a link to the consumer's own.
+                    claimed.append(self._put(lambda: self._padded_copy(path, size)))
+                    path = self.store.local_path(claimed[-1])
+            instance = sending.FileInstance(path, meta)
+            if not self.without_bulk_data:
+                return instance, claimed
+            try:
+                return instance.decoded(), claimed
+            except Exception as exc:
+                raise ReplyError("part10 file cannot be decoded") from exc
+        except CodecError as exc:
+            self._release(*claimed)
+            raise ReplyError(f"part10: {exc.message}") from exc
+        except BaseException:
+            self._release(*claimed)
+            raise
+
+    @staticmethod
+    def _put(write: Callable[[], str]) -> str:
+        """The URI ``write`` stored a file under; BrokerUnavailable (the peer hears the
+        claim-check directory is unusable) when it raised OSError."""
+        try:
+            return write()
+        except OSError as exc:
+            raise BrokerUnavailable(f"claim-check store: {exc.strerror or exc}") from exc
+
+    def _padded_copy(self, path: Path, size: int) -> str:
+        """A copy of the file at ``path`` with one zero byte appended, in the store."""
+        with open(path, "rb") as source:
+            uri = self.store.put_range(source.fileno(), 0, size)
+        try:
+            with open(self.store.local_path(uri), "ab") as target:
+                target.write(b"\0")
+        except BaseException:
+            self.store.delete(uri)
+            raise
+        return uri
 
     def _final(self, reply: Reply) -> Iterator[tuple[Dataset | int, Any]]:
         if reply.category is not Category.SUCCESS:
@@ -182,6 +275,7 @@ def handle_get(event: Event, start: Start, store: BulkStore) -> Iterator[Any]:
     conversation: Conversation | None = None
     counted = False
     try:
+        sending.route(event.assoc)  # part10 instances go out as their files
         conversation = start(event, service)
         conversation.publish()
         with conversation.logging_context():
@@ -245,7 +339,9 @@ def handle_move(event: Event, start: Start, store: BulkStore, ae_table: AETable)
                 conversation.notify_cancel()
             yield None, None
             return
-        yield destination[0], destination[1], {"contexts": _contexts(first)}
+        # The association to the destination sends part10 instances as their files.
+        routed = [(evt.EVT_CONN_OPEN, sending.on_connection)]
+        yield destination[0], destination[1], {"contexts": _contexts(first), "evt_handlers": routed}
         if failure is not None:
             yield 1
             yield _failure(conversation, service, failure), None

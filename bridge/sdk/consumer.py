@@ -71,6 +71,7 @@ from bridge.protocol.model import Service, routing_word
 from bridge.protocol.reply import build_reply
 from bridge.sdk.replies import (
     BulkSink,
+    FileSink,
     Response,
     Retrieval,
     find_replies,
@@ -504,6 +505,14 @@ class Consumer:
             return None
         return self.store.put(value)
 
+    def _file_sink(self, path: Path, size: int) -> str | None:
+        """A C-GET/C-MOVE instance file above the bulk threshold goes to the claim-check
+        store as a hard link (a copy in the kernel across filesystems); the bridge
+        deletes the link once the file is sent."""
+        if self.store is None or size <= self.bulk_threshold:
+            return None
+        return self.store.put_file(path)
+
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         """One request: answer it, then settle it. The ack goes out only after the
         reply's publisher confirm (or when no reply is due); see :class:`_Acks`."""
@@ -657,9 +666,9 @@ class Consumer:
         handler = registration.handler
         if inspect.iscoroutinefunction(handler):
             result = await handler(request)
-            bodies = _stream_bodies(request, lambda: result, self._sink)
+            bodies = _stream_bodies(request, lambda: result, self._sink, self._file_sink)
         else:
-            bodies = _stream_bodies(request, lambda: handler(request), self._sink)
+            bodies = _stream_bodies(request, lambda: handler(request), self._sink, self._file_sink)
         pipe = _Pipe(loop, STREAM_WINDOW)
         self._streams[correlation_id] = pipe
         assert self._workers is not None, "start() first"
@@ -1031,13 +1040,15 @@ class _Acks:
             await asyncio.gather(self._sender, return_exceptions=True)
 
 
-def _stream_bodies(request: Request, produce: Callable[[], Any], sink: BulkSink) -> Iterator[bytes]:
+def _stream_bodies(
+    request: Request, produce: Callable[[], Any], sink: BulkSink, files: FileSink
+) -> Iterator[bytes]:
     """The reply bodies of a streamed request; the handler runs on the first next()."""
     with tracing.consumer_span(request.service.dimse_name, request.headers):
         if request.service is Service.C_FIND:
             yield from find_replies(produce(), sink)
         else:
-            yield from retrieve_replies(produce(), request.service, sink)
+            yield from retrieve_replies(produce(), request.service, sink, files)
 
 
 def _ids(message: AbstractIncomingMessage) -> dict[str, str]:

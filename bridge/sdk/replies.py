@@ -6,27 +6,41 @@ non-Pending Response ends the stream). C-GET and C-MOVE: an iterable of instance
 (Datasets with file meta, or paths of DICOM files), a :class:`Retrieval` that also names a
 C-MOVE destination, or a failure :class:`Response`.
 
+A Dataset travels as DICOM JSON (``dataset``), which the bridge decodes and pynetdicom
+encodes again. A path travels as the file itself (``part10``), never decoded here: the
+bridge sends its data set bytes unchanged when the peer accepts its transfer syntax.
+Only its File Meta Information is read to plan the retrieval. Up to the bulk threshold
+the file goes inline (base64), above it the claim-check store takes it (a hard link,
+else a copy in the kernel: never through memory). A file whose File Meta Information
+lacks the Media Storage SOP Class or Instance UID or the Transfer Syntax UID is decoded
+and sent as a Dataset.
+
 Pure apart from reading the instance files a retrieval names; runs in worker threads.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from bridge.protocol import dicomjson
+from bridge.errors import CodecError
+from bridge.protocol import dicomjson, part10
 from bridge.protocol.model import Service
 from bridge.protocol.reply import build_reply
 from bridge.protocol.values import tag_text
 
 PENDING = 0xFF00
 BulkSink = dicomjson.BulkDataSink
+FileSink = Callable[[Path, int], str | None]
+"""Where an instance file of the given size goes: its claim-check URI, or None to carry
+it inline. Raises OSError when the store cannot take it."""
 
 
 @dataclass
@@ -109,12 +123,28 @@ def find_replies(result: Any, bulk_data: BulkSink | None = None) -> Iterator[byt
     yield build_reply(0x0000)
 
 
+def read_file_meta(path: str | os.PathLike[str]) -> part10.FileMeta | None:
+    """The File Meta Information of a Part 10 file, reading its first bytes only; None
+    when it lacks what the bridge needs to send the file as it is (no preamble and
+    ``DICM``, no Media Storage SOP Class or Instance UID, no Transfer Syntax UID). Raises
+    OSError when the file cannot be read."""
+    with open(path, "rb") as handle:
+        fd = handle.fileno()
+        try:
+            return part10.read_meta_prefix(lambda n: os.pread(fd, n, 0))
+        except CodecError:
+            return None
+
+
 def _header(item: Instance) -> tuple[str, str]:
     """(SOP Class UID, Transfer Syntax UID) of an instance, reading only its header."""
     if isinstance(item, Dataset):
         meta = getattr(item, "file_meta", None)
         syntax = getattr(meta, "TransferSyntaxUID", None) or ExplicitVRLittleEndian
         return str(item.SOPClassUID), str(syntax)
+    file_meta = read_file_meta(item)
+    if file_meta is not None:
+        return file_meta.sop_class_uid, file_meta.transfer_syntax
     ds = dcmread(item, stop_before_pixels=True, specific_tags=["SOPClassUID"])
     return str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)
 
@@ -127,24 +157,62 @@ def _load(item: Instance) -> tuple[Dataset, str]:
 
 
 def _contexts(items: list[Instance]) -> list[dict[str, Any]]:
-    """One presentation context per SOP class, with every transfer syntax it needs and
-    Explicit VR Little Endian, at most 128 (PS3.8 9.3.2.2)."""
+    """The presentation contexts to propose to a C-MOVE destination, at most 128 (PS3.8
+    9.3.2.2): per SOP class one with Explicit VR Little Endian and every transfer syntax
+    the instances are in (the destination accepts one of them), then, space permitting,
+    one per transfer syntax other than Explicit VR Little Endian, so that the destination
+    can accept each file's own syntax and the file go as it is."""
     by_class: dict[str, dict[str, None]] = {}
     for item in items:
         sop_class, syntax = _header(item)
         by_class.setdefault(sop_class, {ExplicitVRLittleEndian: None})[syntax] = None
-    return [
+    contexts = [
         {"abstract_syntax": sop_class, "transfer_syntaxes": list(syntaxes)}
-        for sop_class, syntaxes in list(by_class.items())[:128]
+        for sop_class, syntaxes in by_class.items()
     ]
+    contexts += [
+        {"abstract_syntax": sop_class, "transfer_syntaxes": [syntax]}
+        for sop_class, syntaxes in by_class.items()
+        for syntax in list(syntaxes)[1:]
+    ]
+    return contexts[:128]
+
+
+def _instance_reply(item: Instance, bulk_data: BulkSink | None, files: FileSink | None) -> bytes:
+    """The Pending reply of one instance: a path as its Part 10 file (``part10``) when its
+    File Meta Information allows, else (and for a Dataset) the DICOM JSON of the data
+    set."""
+    if not isinstance(item, Dataset):
+        path = Path(item)
+        meta = read_file_meta(path)
+        if meta is not None:
+            size = path.stat().st_size
+            uri = files(path, size) if files is not None else None
+            if uri is None:
+                data = path.read_bytes()
+                document = part10.inline_json(data, part10.read_meta(data).dataset_offset)
+            else:
+                document = part10.uri_json(uri, size, meta.dataset_offset)
+            return build_reply(PENDING, elements={"part10": document})
+    dataset, syntax = _load(item)
+    return build_reply(
+        PENDING,
+        dataset=dicomjson.dataset_to_json(dataset, bulk_data=bulk_data),
+        elements={"transfer_syntax_uid": syntax},
+    )
 
 
 def retrieve_replies(
-    result: Any, service: Service, bulk_data: BulkSink | None = None
+    result: Any,
+    service: Service,
+    bulk_data: BulkSink | None = None,
+    files: FileSink | None = None,
 ) -> Iterator[bytes]:
     """Reply bodies for a C-GET or C-MOVE handler's result: the announcement (number of
     sub-operations; for C-MOVE the contexts to propose and any destination), one Pending
-    reply per instance, then Success. Instance files are read one at a time."""
+    reply per instance, then Success. Instance files are read one at a time; ``files``
+    decides which go through the claim-check store (all inline without it), ``bulk_data``
+    the same for large values of Datasets."""
     if isinstance(result, Response | int):
         yield to_response(result).encode()
         return
@@ -161,10 +229,5 @@ def retrieve_replies(
             first["destination"] = {"host": host, "port": port}
     yield build_reply(PENDING, elements=first)
     for item in items:
-        dataset, syntax = _load(item)
-        yield build_reply(
-            PENDING,
-            dataset=dicomjson.dataset_to_json(dataset, bulk_data=bulk_data),
-            elements={"transfer_syntax_uid": syntax},
-        )
+        yield _instance_reply(item, bulk_data, files)
     yield build_reply(0x0000)

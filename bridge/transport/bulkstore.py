@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -39,10 +40,11 @@ class BulkStore(Protocol):
         when the file ends before the range does."""
         ...
 
-    def put_file(self, path: Path) -> str:
-        """Store the whole file at ``path`` (which is left as it is), sharing its blocks
-        where the store can (a hard link) and copying them in the kernel where it cannot;
-        return the URI. Raises OSError."""
+    def put_file(self, path: Path, *, owned: bool = False) -> str:
+        """Store the whole file at ``path``, sharing its blocks where the store can (a
+        hard link) and copying them in the kernel where it cannot; return the URI. The
+        file's bytes are left as they are; so is its mode, unless ``owned`` (a file the
+        caller made for the store, whose mode may become the store's). Raises OSError."""
         ...
 
     def get(self, uri: str) -> bytes:
@@ -110,23 +112,30 @@ class DirectoryStore:
     def put_range(self, source: int, offset: int, length: int) -> str:
         return self._write(lambda out: copy_range(source, out.fileno(), offset, length))
 
-    def put_file(self, path: Path) -> str:
+    def put_file(self, path: Path, *, owned: bool = False) -> str:
         name = uuid.uuid4().hex
         target = self.root / name
-        try:
-            # Same filesystem (the receive directory is inside the store by default): no
-            # byte is copied. The store's files are readable as put() makes them.
-            os.link(path, target)
-        except OSError:
-            with open(path, "rb") as source:
-                size = os.fstat(source.fileno()).st_size
-                return self._write(lambda out: copy_range(source.fileno(), out.fileno(), 0, size))
-        try:
-            os.chmod(target, self._mode)
-        except OSError:
-            target.unlink(missing_ok=True)
-            raise
-        return target.as_uri()
+        # A link shares the inode, mode included: readers need the mode put() gives its
+        # files, and someone else's file (a consumer's archive) keeps its own.
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if owned or mode & self._mode == self._mode:
+            try:
+                # Same filesystem (the receive directory is inside the store by
+                # default): no byte is copied.
+                os.link(path, target)
+            except OSError:
+                pass
+            else:
+                if owned and mode != self._mode:
+                    try:
+                        os.chmod(target, self._mode)
+                    except OSError:
+                        target.unlink(missing_ok=True)
+                        raise
+                return target.as_uri()
+        with open(path, "rb") as source:
+            size = os.fstat(source.fileno()).st_size
+            return self._write(lambda out: copy_range(source.fileno(), out.fileno(), 0, size))
 
     def _write(self, fill: Callable[[Any], object]) -> str:
         name = uuid.uuid4().hex
@@ -151,7 +160,7 @@ class DirectoryStore:
     def local_path(self, uri: str) -> Path:
         # Only files of this store: a reply must not make the bridge read /etc/shadow.
         path = path_of(uri)
-        if path.parent != self.root:
+        if path.parent != self.root or path.name.startswith("."):
             raise CodecError("BulkDataURI is outside the bulk data directory")
         return path
 
