@@ -62,7 +62,7 @@ from bridge.sdk.consumer import Request
 from bridge.transport import bulkstore
 from bridge.transport.bulkstore import DirectoryStore, path_of
 from tests.conftest import BridgeFactory, ConsumerFactory
-from tests.harness import RawResponder, association
+from tests.harness import RawResponder, association, part10_of
 from tests.waiting import eventually
 
 MULTIFRAME = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC Image Storage
@@ -162,24 +162,13 @@ def _event(primitive: C_STORE, syntax: UID, sop_class: str = CTImageStorage) -> 
     return event
 
 
-def _part10_bytes(envelope: dict[str, Any]) -> bytes | None:
-    """The Part 10 file an envelope carries, inline or in the claim-check store."""
-    document = envelope.get("part10")
-    if document is None:
-        return None
-    ref = part10.from_json(document)
-    data = ref.data if ref.data is not None else path_of(cast(str, ref.uri)).read_bytes()
-    assert len(data) == document["length"]
-    return data
-
-
 def _normalized(body: bytes) -> bytes:
     """The body with every BulkDataURI replaced by the SHA-256 of the bytes it names (a
     claim-check file, or a range of the envelope's Part 10 file), the Part 10 file by the
     SHA-256 of its data set (its File Meta differs with the receiving path), and the
     deadline (the clock) taken out."""
     envelope = orjson.loads(body)
-    whole = _part10_bytes(envelope)
+    whole = part10_of(envelope)
 
     def digest(match: re.Match[bytes]) -> bytes:
         uri = match.group(1).decode()
@@ -867,3 +856,25 @@ def test_small_store_and_data_set_file_of_a_test_file(
     sent = encode(in_memory, accepted.is_implicit_VR, accepted.is_little_endian)
     assert whole[meta.dataset_offset :] == sent
     _wait_empty(_receive_dir(bulk_bridge))
+
+
+def test_put_file_links_and_keeps_others_modes(tmp_path: Path) -> None:
+    """A received file (owned) is linked and gets the store's mode; someone else's file
+    is linked when its mode already lets the store's readers read it, else copied, and
+    its own mode never changes."""
+    store = DirectoryStore(tmp_path / "bulk")
+    store.ensure()
+    wanted = stat_mode(path_of(store.put(b"x")))  # the mode of the store's own files
+    for owned, mode, linked in ((True, 0o600, True), (False, 0o600, False), (False, 0o644, True)):
+        source = tmp_path / f"source-{owned}-{mode:o}"
+        source.write_bytes(b"DICM" * 1000)
+        source.chmod(mode)
+        stored = path_of(store.put_file(source, owned=owned))
+        assert stored.read_bytes() == source.read_bytes()
+        assert (stored.stat().st_ino == source.stat().st_ino) == linked
+        assert stat_mode(source) == (wanted if owned else mode)
+        assert stat_mode(stored) == (mode if linked and not owned else wanted)
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777

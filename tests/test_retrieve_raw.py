@@ -112,8 +112,8 @@ class RecordingStore(DirectoryStore):
         super().__init__(root)
         self.files: list[str] = []
 
-    def put_file(self, path: Path) -> str:
-        uri = super().put_file(path)
+    def put_file(self, path: Path, *, owned: bool = False) -> str:
+        uri = super().put_file(path, owned=owned)
         self.files.append(uri)
         return uri
 

@@ -909,30 +909,39 @@ def _string(dataset: Dataset, keyword: str) -> str:
     return str(value).strip(" \0")
 
 
-def _checked_uids(get: Callable[[str], str]) -> dict[str, str]:
+def _new_record(
+    text: Callable[[str], str],
+    transfer_syntax: str,
+    path: Path,
+    make_summary: Callable[[], Dataset],
+) -> _Record:
+    """A record from ``text(keyword)``, an element's value as text ("" if none). Raises
+    ValueError when a UID that places the instance in the hierarchy is missing or
+    invalid."""
     uids = {}
     for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        uid = get(keyword)
+        uid = text(keyword)
         if not is_loose_uid(uid):
             raise ValueError(f"the dataset has no valid {keyword}")
         uids[keyword] = uid
-    return uids
-
-
-def _record(dataset: Dataset, transfer_syntax: str, path: Path) -> _Record:
-    uids = _checked_uids(lambda keyword: _string(dataset, keyword))
-    summary = _summary(dataset)
     return _Record(
         sop_instance_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
-        patient_id=_string(dataset, "PatientID"),
+        patient_id=text("PatientID"),
         study_uid=uids["StudyInstanceUID"],
         series_uid=uids["SeriesInstanceUID"],
-        modality=_string(dataset, "Modality"),
+        modality=text("Modality"),
         transfer_syntax=transfer_syntax,
         path=path,
-        make_summary=lambda: summary,
-        offset=_offset(_string(dataset, "TimezoneOffsetFromUTC")) or 0,
+        make_summary=make_summary,
+        offset=_offset(text("TimezoneOffsetFromUTC")) or 0,
+    )
+
+
+def _record(dataset: Dataset, transfer_syntax: str, path: Path) -> _Record:
+    summary = _summary(dataset)
+    return _new_record(
+        lambda keyword: _string(dataset, keyword), transfer_syntax, path, lambda: summary
     )
 
 
@@ -973,19 +982,12 @@ def record_from_json(document: Mapping[str, Any], transfer_syntax: str, path: Pa
     dataset (``bridge.protocol.dicomjson``) without decoding it: the attributes a query
     returns are decoded when one first needs them. Raises ValueError when a UID that
     places the instance in the hierarchy is missing or invalid."""
-    uids = _checked_uids(lambda keyword: _json_string(document, keyword))
     summary = _json_summary(document)
-    return _Record(
-        sop_instance_uid=uids["SOPInstanceUID"],
-        sop_class_uid=uids["SOPClassUID"],
-        patient_id=_json_string(document, "PatientID"),
-        study_uid=uids["StudyInstanceUID"],
-        series_uid=uids["SeriesInstanceUID"],
-        modality=_json_string(document, "Modality"),
-        transfer_syntax=transfer_syntax,
-        path=path,
-        make_summary=lambda: _summary(json_to_dataset(summary)),
-        offset=_offset(_json_string(document, "TimezoneOffsetFromUTC")) or 0,
+    return _new_record(
+        lambda keyword: _json_string(document, keyword),
+        transfer_syntax,
+        path,
+        lambda: _summary(json_to_dataset(summary)),
     )
 
 
