@@ -194,26 +194,39 @@ class Part10Ref:
 
     data: bytes | None
     uri: str | None
-    length: int | None
-    dataset_offset: int | None
+    length: int
+    dataset_offset: int
+
+
+_JSON_KEYS: Final = frozenset({"length", "dataset_offset", "InlineBinary", "BulkDataURI"})
 
 
 def from_json(document: Any) -> Part10Ref:
-    """The ``part10`` object of a message. Raises CodecError when it is not an object
-    with exactly one of ``InlineBinary`` and ``BulkDataURI``, or a value has the wrong
-    type, or the inline bytes are not valid base64."""
+    """The ``part10`` object of a message (``schemas/envelope.schema.json#/$defs/part10``;
+    commands and replies use the same): ``length`` and ``dataset_offset``, integers of at
+    least 132, and exactly one of ``InlineBinary`` (base64 of ``length`` bytes) and
+    ``BulkDataURI`` (a ``file://`` URI), nothing else. Raises CodecError naming the first
+    problem; the bytes themselves are not checked to be a Part 10 file (see
+    :func:`read_meta`)."""
     if not isinstance(document, Mapping):
         raise CodecError("part10 is not an object")
+    if document.keys() - _JSON_KEYS:
+        raise CodecError(
+            "part10 has an unknown field: it takes length, dataset_offset and "
+            "InlineBinary or BulkDataURI only"
+        )
     inline, uri = document.get("InlineBinary"), document.get("BulkDataURI")
     if (inline is None) == (uri is None):
         raise CodecError("part10 needs exactly one of InlineBinary and BulkDataURI")
     length, offset = document.get("length"), document.get("dataset_offset")
     for name, value in (("length", length), ("dataset_offset", offset)):
-        if value is not None and (type(value) is not int or value < 0):
-            raise CodecError(f"part10 {name} is not a non-negative integer")
+        if type(value) is not int or value < len(PREAMBLE):
+            raise CodecError(f"part10 {name} must be an integer of at least {len(PREAMBLE)}")
+    assert isinstance(length, int)
+    assert isinstance(offset, int)
     if uri is not None:
-        if not isinstance(uri, str) or not uri:
-            raise CodecError("part10 BulkDataURI is not a string")
+        if not isinstance(uri, str) or not uri.startswith("file://"):
+            raise CodecError("part10 BulkDataURI must be a file:// URI")
         return Part10Ref(None, uri, length, offset)
     if not isinstance(inline, str):
         raise CodecError("part10 InlineBinary is not a string")
@@ -221,9 +234,9 @@ def from_json(document: Any) -> Part10Ref:
         data = base64.b64decode(inline, validate=True)
     except (binascii.Error, ValueError):
         raise CodecError("part10 InlineBinary is not valid base64") from None
-    if length is not None and length != len(data):
+    if length != len(data):
         raise CodecError("part10 length does not match its InlineBinary")
-    return Part10Ref(data, None, len(data), offset)
+    return Part10Ref(data, None, length, offset)
 
 
 def reference(offset: int, length: int) -> str:

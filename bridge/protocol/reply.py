@@ -39,7 +39,6 @@ STREAM_FIELDS = (
     "destination",
     "presentation_contexts",
 )
-_PART10_KEYS = frozenset({"length", "dataset_offset", "InlineBinary", "BulkDataURI"})
 
 
 @dataclass(frozen=True)
@@ -137,23 +136,14 @@ def _stream_field(key: str, value: Any) -> Any:
 
 
 def _part10(value: Any) -> part10.Part10Ref:
-    """A reply's ``part10`` (``schemas/reply.schema.json#/$defs/part10``): exactly one of
-    ``InlineBinary`` (valid base64 of a Part 10 file) and ``BulkDataURI`` (a ``file://``
-    URI), with ``length`` and ``dataset_offset`` (at least 132 each; inline, the bytes'
-    length and the offset their File Meta Information gives). The file behind a URI is
-    checked where it is read (``bridge.scp.streams``)."""
-    if isinstance(value, dict) and set(value) - _PART10_KEYS:
-        raise ReplyError("part10 has an unknown field")
+    """A reply's ``part10`` (:func:`bridge.protocol.part10.from_json`); inline bytes must
+    be a Part 10 file whose File Meta Information ends at ``dataset_offset``. The file
+    behind a URI is checked where it is read (``bridge.scp.streams``)."""
     try:
         ref = part10.from_json(value)
         meta = part10.read_meta(ref.data) if ref.data is not None else None
     except CodecError as exc:
         raise ReplyError(f"reply {exc.message}") from exc
-    for name, number in (("length", ref.length), ("dataset_offset", ref.dataset_offset)):
-        if number is None or number < len(part10.PREAMBLE):
-            raise ReplyError(f"part10 needs {name}, at least 132")
-    if ref.uri is not None and not ref.uri.startswith("file://"):
-        raise ReplyError("part10 BulkDataURI is not a file:// URI")
     if meta is not None and meta.dataset_offset != ref.dataset_offset:
         raise ReplyError("part10 dataset_offset is not where its File Meta Information ends")
     return ref
