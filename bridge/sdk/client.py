@@ -72,6 +72,7 @@ from bridge.protocol import dicomjson, part10
 from bridge.protocol.envelope import iso_time
 from bridge.protocol.model import Service
 from bridge.protocol.values import json_object
+from bridge.sdk.replies import file_part10
 from bridge.transport import broker
 from bridge.transport.bulkstore import DirectoryStore, path_of, read_uri
 
@@ -606,17 +607,15 @@ class CommandClient:
             if self.store is None or len(data) <= self.bulk_threshold:
                 return part10.inline_json(data, offset)
             return part10.uri_json(self.store.put(data), len(data), offset)
-        path = Path(source)
-        with open(path, "rb") as handle:
-            fd = handle.fileno()
-            size = os.fstat(fd).st_size
-            try:
-                offset = part10.read_meta_prefix(lambda n: os.pread(fd, n, 0)).dataset_offset
-            except CodecError as exc:
-                raise ValueError(exc.message) from None
-            if self.store is None or size <= self.bulk_threshold:
-                return part10.inline_json(handle.read(), offset)
-        return part10.uri_json(self.store.put_file(path), size, offset)
+        store, threshold = self.store, self.bulk_threshold
+
+        def claim(path: Path, size: int) -> str | None:
+            return store.put_file(path) if store is not None and size > threshold else None
+
+        try:
+            return file_part10(Path(source), claim)
+        except CodecError as exc:
+            raise ValueError(exc.message) from None
 
     async def send(
         self, command: Mapping[str, Any], *, timeout: float | None = None

@@ -178,21 +178,32 @@ def _contexts(items: list[Instance]) -> list[dict[str, Any]]:
     return contexts[:128]
 
 
+def file_part10(path: Path, files: FileSink | None) -> dict[str, Any]:
+    """The ``part10`` object of the Part 10 file at ``path``: a claim-check URI when
+    ``files`` takes the file, else the file inline; only its File Meta Information is read
+    for the former. Raises CodecError when the file has no preamble and ``DICM`` or its
+    File Meta lacks what the bridge needs to send it as it is (Media Storage SOP Class and
+    Instance UIDs, Transfer Syntax UID), OSError when it cannot be read."""
+    with open(path, "rb") as handle:
+        fd = handle.fileno()
+        meta = part10.read_meta_prefix(lambda n: os.pread(fd, n, 0))
+        size = os.fstat(fd).st_size
+        uri = files(path, size) if files is not None else None
+        if uri is None:
+            return part10.inline_json(handle.read(), meta.dataset_offset)
+    return part10.uri_json(uri, size, meta.dataset_offset)
+
+
 def _instance_reply(item: Instance, bulk_data: BulkSink | None, files: FileSink | None) -> bytes:
     """The Pending reply of one instance: a path as its Part 10 file (``part10``) when its
     File Meta Information allows, else (and for a Dataset) the DICOM JSON of the data
     set."""
     if not isinstance(item, Dataset):
-        path = Path(item)
-        meta = read_file_meta(path)
-        if meta is not None:
-            size = path.stat().st_size
-            uri = files(path, size) if files is not None else None
-            if uri is None:
-                data = path.read_bytes()
-                document = part10.inline_json(data, part10.read_meta(data).dataset_offset)
-            else:
-                document = part10.uri_json(uri, size, meta.dataset_offset)
+        try:
+            document = file_part10(Path(item), files)
+        except CodecError:
+            pass  # not what the bridge can send as it is: the data set's JSON below
+        else:
             return build_reply(PENDING, elements={"part10": document})
     dataset, syntax = _load(item)
     return build_reply(
