@@ -878,3 +878,23 @@ def test_put_file_links_and_keeps_others_modes(tmp_path: Path) -> None:
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_delete_that_fails_is_logged_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Callers delete claim-check files while they clean up: a file that cannot be
+    deleted is a warning, never an exception in their way."""
+    store = DirectoryStore(tmp_path / "bulk")
+    store.ensure()
+    uri = store.put(b"value")
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    store.delete(uri)
+    assert "claim-check file not deleted: Permission denied" in caplog.text
+    monkeypatch.undo()
+    store.delete(uri)
+    assert not path_of(uri).exists()

@@ -245,10 +245,7 @@ class Conversation:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return
         if isinstance(uri, str):
-            try:
-                self._store.delete(uri)
-            except OSError as exc:
-                log.warning("claim-check file not deleted: %s", exc.strerror)
+            self._store.delete(uri)
 
     def hand_over(self, publisher: EventPublisher) -> None:
         """Publish-only: publish (mandatory, persistent, confirmed) or spool the request;
@@ -338,10 +335,7 @@ class Conversation:
             except Exception as exc:
                 log.warning("closing call failed: %s", exc, extra={"correlation_id": self.id})
         for uri in self._written:
-            try:
-                self._store.delete(uri)
-            except OSError as exc:
-                log.warning("claim-check file not deleted: %s", exc.strerror)
+            self._store.delete(uri)
         self._written.clear()
         while self._backlog:  # fetched, never read: a cancel or a failure ended the stream
             self._drop_part10(self._backlog.popleft())

@@ -168,12 +168,8 @@ class _Retrieval:
     def _release(self, *uris: str | None) -> None:
         """Delete these files of the store (None: nothing); a failure is logged."""
         for uri in uris:
-            if uri is None:
-                continue
-            try:
+            if uri is not None:
                 self.store.delete(uri)
-            except OSError as exc:
-                log.warning("claim-check file not deleted: %s", exc.strerror)
 
     def _instance(self, reply: Reply) -> tuple[Dataset, list[str]]:
         if reply.part10 is not None:

@@ -616,10 +616,7 @@ class Consumer:
         document = request.envelope.get("part10")
         uri = document.get("BulkDataURI") if isinstance(document, dict) else None
         if isinstance(uri, str) and self.store is not None:
-            try:
-                self.store.delete(uri)
-            except OSError as exc:
-                log.warning("claim-check file not deleted: %s", exc.strerror)
+            self.store.delete(uri)
 
     def _failure_body(self, request: Request, exc: Exception) -> bytes:
         self.stats.failed += 1
