@@ -976,6 +976,33 @@ async def echo_server(queue: str, queue_type: str) -> None:
     await asyncio.Event().wait()
 
 
+def bridge_message(
+    body: bytes,
+    request_id: str,
+    reply_to: str,
+    kind: str,
+    headers: dict[str, Any],
+    *,
+    expiration: float,
+) -> Any:
+    """An aio-pika message with the properties the bridge gives a request."""
+    import aio_pika
+
+    return aio_pika.Message(
+        body,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        correlation_id=request_id,
+        message_id=request_id,
+        reply_to=reply_to,
+        expiration=expiration,
+        timestamp=datetime.now(UTC),
+        type=kind,
+        app_id="dicom-bridge",
+        headers=headers,
+    )
+
+
 class RoundTrips:
     """Request/reply round trips as the bridge makes them (``bridge.transport.amqp``): a
     confirmed, mandatory publish with the bridge's message properties (not persistent,
@@ -1032,22 +1059,9 @@ class RoundTrips:
         timeout: float = 10.0,
     ) -> float:
         """One round trip of ``body`` to ``route``: seconds from the publish to the reply."""
-        import aio_pika
 
         request_id = request_id or str(uuid.uuid4())
-        message = aio_pika.Message(
-            body,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-            correlation_id=request_id,
-            message_id=request_id,
-            reply_to=self._reply_to,
-            expiration=60,
-            timestamp=datetime.now(UTC),
-            type=kind,
-            app_id="dicom-bridge",
-            headers=headers,
-        )
+        message = bridge_message(body, request_id, self._reply_to, kind, headers, expiration=60)
         future = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         started = time.perf_counter()
@@ -1090,18 +1104,8 @@ async def _sdk_throughput(
         pending: list[Any] = []
         for n in range(count):
             request_id, body, headers = sdk_envelope(n + 1, deadline)
-            message = aio_pika.Message(
-                body,
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-                correlation_id=request_id,
-                message_id=request_id,
-                reply_to=replies.name,
-                expiration=900,
-                timestamp=datetime.now(UTC),
-                type="n-event-report",
-                app_id="dicom-bridge",
-                headers=headers,
+            message = bridge_message(
+                body, request_id, replies.name, "n-event-report", headers, expiration=900
             )
             pending.append(publisher.default_exchange.publish(message, queue))
             if len(pending) == 500:
